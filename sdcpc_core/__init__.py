@@ -1,0 +1,1 @@
+"""SD-CPC video semantic segmentation: model, training, evaluation and runtime (no ROS imports)."""

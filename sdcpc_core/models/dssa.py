@@ -1,0 +1,154 @@
+"""DSSA: dynamic semantic alignment across frames, coarse to fine, steered by class-level differences.
+
+Per reference frame r, the *static perceptual difference* d_r is the Jensen-Shannon divergence
+between the target's and the reference's class probabilities at 1/32, divided by ln 2 so that it
+lies in [0, 1]. It drives both stages:
+
+* stage 1 (coarse, 1/32): target tokens attend to a fixed number of reference tokens, those where
+  d_r is largest (where the class-level perception changed between the frames: moving or
+  ambiguous content). The count is static for an input size and at most 3840 so that TensorRT's
+  TopK accepts it. The output is coarse cross-frame context that is upsampled and added to the
+  stage-2 query (a location prior for the fine search).
+* stage 2 (fine, 1/8): window attention from each target position to a ``window x window``
+  neighbourhood in every reference, one softmax over all of them (``sdcpc_core.ops``).
+
+The result is gated per position by a learned function of the difference and scaled by a
+zero-initialised per-channel factor, so the temporal branch starts as an identity.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ops import window_attention
+from .layers import LayerNorm2d, map_to_tokens, multihead_attention, tokens_to_map
+
+MAX_SELECTED_TOKENS = 3840  # TensorRT's TopK limit on K
+
+
+def perceptual_difference(target_probs: torch.Tensor, ref_probs: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Jensen-Shannon divergence / ln 2, in [0, 1].
+
+    target_probs: ``(B, K, h, w)``; ref_probs: ``(B, R, K, h, w)``; returns ``(B, R, h, w)``.
+    """
+    p = target_probs.unsqueeze(1).clamp_min(eps)
+    q = ref_probs.clamp_min(eps)
+    m = 0.5 * (p + q)
+    js = 0.5 * (p * (p / m).log()).sum(2) + 0.5 * (q * (q / m).log()).sum(2)
+    return (js / math.log(2.0)).clamp(0.0, 1.0)
+
+
+def selection_scores(difference: torch.Tensor) -> torch.Tensor:
+    """Stage-1 ranking ``(B, R*h*w)``: difference quantised to 1/1024 plus a static tie-breaker.
+
+    Quantising makes the choice insensitive to float noise (a batched clip and a streamed frame
+    select the same tokens); the tie-breaker (< 1/1024) prefers newer references, then earlier
+    positions, so equal differences (e.g. duplicated frames at a cold start) rank deterministically.
+    """
+    flat = difference.flatten(1)
+    n = flat.shape[1]
+    r, hw = difference.shape[1], difference.shape[2] * difference.shape[3]
+    ref_index = torch.arange(r, device=flat.device, dtype=flat.dtype).repeat_interleave(hw)
+    position = torch.arange(hw, device=flat.device, dtype=flat.dtype).repeat(r)
+    tie_break = (ref_index * hw + (hw - 1 - position)) / (n * 2048.0)
+    return torch.floor(flat * 1024.0) / 1024.0 + tie_break
+
+
+class CoarseSelectiveAttention(nn.Module):
+    """Stage 1: target tokens ``(B, E, h, w)`` attend to the top-``max_tokens`` reference tokens."""
+
+    def __init__(self, embed_dim: int, heads: int, max_tokens: int) -> None:
+        super().__init__()
+        if not 1 <= max_tokens <= MAX_SELECTED_TOKENS:
+            raise ValueError(f"coarse_tokens must be in 1..{MAX_SELECTED_TOKENS}, got {max_tokens}")
+        self.heads = heads
+        self.max_tokens = max_tokens
+        self.query_norm = nn.LayerNorm(embed_dim)
+        self.key_norm = nn.LayerNorm(embed_dim)
+        self.q = nn.Linear(embed_dim, embed_dim)
+        self.kv = nn.Linear(embed_dim, 2 * embed_dim)
+        self.proj = nn.Linear(embed_dim, embed_dim)
+
+    def forward(self, target: torch.Tensor, refs: torch.Tensor, difference: torch.Tensor) -> torch.Tensor:
+        """target ``(B, E, h, w)``, refs ``(B, R, E, h, w)``, difference ``(B, R, h, w)`` -> ``(B, E, h, w)``."""
+        b, r, e, h, w = refs.shape
+        tokens = refs.permute(0, 1, 3, 4, 2).reshape(b, r * h * w, e)
+        count = min(self.max_tokens, r * h * w)
+        if count < r * h * w:
+            index = selection_scores(difference).topk(count, dim=1).indices
+            tokens = tokens.gather(1, index.unsqueeze(-1).expand(b, count, e))
+        q = self.q(self.query_norm(map_to_tokens(target)))
+        k, v = self.kv(self.key_norm(tokens)).chunk(2, dim=-1)
+        return tokens_to_map(self.proj(multihead_attention(q, k, v, self.heads)), h, w)
+
+
+class FineWindowAttention(nn.Module):
+    """Stage 2: window attention at 1/8; reference keys/values are projected once per frame."""
+
+    def __init__(self, embed_dim: int, heads: int, window: int, dilation: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.window = window
+        self.dilation = dilation
+        self.query_norm = LayerNorm2d(embed_dim)
+        self.key_norm = LayerNorm2d(embed_dim)
+        self.q = nn.Conv2d(embed_dim, embed_dim, 1)
+        self.kv = nn.Conv2d(embed_dim, 2 * embed_dim, 1)
+        self.proj = nn.Conv2d(embed_dim, embed_dim, 1)
+
+    def project_kv(self, features: torch.Tensor) -> torch.Tensor:
+        """``(B, E, H, W) -> (B, 2E, H, W)``: what a frame offers as a reference (cached)."""
+        return self.kv(self.key_norm(features))
+
+    def forward(self, query: torch.Tensor, ref_kv: torch.Tensor) -> torch.Tensor:
+        """query ``(B, E, H, W)``, ref_kv ``(B, R, 2E, H, W)`` -> ``(B, E, H, W)``."""
+        b, e, h, w = query.shape
+        r = ref_kv.shape[1]
+        d = e // self.heads
+        q = self.q(self.query_norm(query)).reshape(b, self.heads, d, h, w)
+        kv = ref_kv.reshape(b, r, 2, self.heads, d, h, w)
+        out = window_attention(q, kv[:, :, 0], kv[:, :, 1], self.window, self.dilation)
+        return self.proj(out.reshape(b, e, h, w))
+
+
+class DifferenceGate(nn.Module):
+    """Per-position weight in (0, 1) from the mean and max difference over references."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 1, 1)
+        nn.init.zeros_(self.conv.weight)
+        nn.init.zeros_(self.conv.bias)
+
+    def forward(self, difference: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """difference ``(B, R, h, w)`` -> gate ``(B, 1, *size)``."""
+        stats = torch.cat([difference.mean(1, keepdim=True), difference.amax(1, keepdim=True)], dim=1)
+        gate = torch.sigmoid(self.conv(stats))
+        return F.interpolate(gate, size=size, mode="bilinear", align_corners=False)
+
+
+class DynamicSemanticAlignment(nn.Module):
+    """Temporal residual ``(B, E, H/8, W/8)`` for the target from cached reference tensors."""
+
+    def __init__(self, embed_dim: int, heads: int, window: int, dilation: int, coarse_tokens: int) -> None:
+        super().__init__()
+        self.coarse = CoarseSelectiveAttention(embed_dim, heads, coarse_tokens)
+        self.fine = FineWindowAttention(embed_dim, heads, window, dilation)
+        self.gate = DifferenceGate()
+        self.gamma = nn.Parameter(torch.zeros(embed_dim, 1, 1))
+
+    def forward(
+        self, features: torch.Tensor, coarse: torch.Tensor, probs: torch.Tensor,
+        ref_kv: torch.Tensor, ref_coarse: torch.Tensor, ref_probs: torch.Tensor,
+    ) -> torch.Tensor:
+        """Target: features ``(B, E, H8, W8)``, coarse ``(B, E, H32, W32)``, probs ``(B, K, H32, W32)``;
+        references stacked on dim 1: ref_kv ``(B, R, 2E, H8, W8)``, ref_coarse, ref_probs."""
+        difference = perceptual_difference(probs, ref_probs)
+        context = self.coarse(coarse, ref_coarse, difference)
+        size = (features.shape[-2], features.shape[-1])
+        query = features + F.interpolate(context, size=size, mode="bilinear", align_corners=False)
+        aligned = self.fine(query, ref_kv)
+        return self.gamma * self.gate(difference, size) * aligned

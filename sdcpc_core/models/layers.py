@@ -1,0 +1,113 @@
+"""Small building blocks shared by the backbones, the decode head and the temporal modules."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops the whole residual branch of a sample with probability ``p``."""
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        self.p = float(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channel axis of a ``(B, C, H, W)`` map."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+def adaptive_pool_matrix(n_in: int, n_out: int, like: torch.Tensor) -> torch.Tensor:
+    """``(n_out, n_in)`` averaging matrix with the bins of ``F.adaptive_avg_pool1d``.
+
+    Built from shapes only (no data-dependent indexing), so it exports to ONNX/TensorRT where
+    adaptive pooling with non-dividing sizes is not supported.
+    """
+    out_idx = torch.arange(n_out, device=like.device)
+    start = torch.div(out_idx * n_in, n_out, rounding_mode="floor")
+    end = torch.div((out_idx + 1) * n_in + n_out - 1, n_out, rounding_mode="floor")
+    pos = torch.arange(n_in, device=like.device)
+    inside = (pos[None, :] >= start[:, None]) & (pos[None, :] < end[:, None])
+    weights = inside.to(like.dtype)
+    return weights / weights.sum(dim=1, keepdim=True)
+
+
+def adaptive_avg_pool(x: torch.Tensor, grid: int) -> torch.Tensor:
+    """Export-friendly ``F.adaptive_avg_pool2d(x, grid)``: ``(B, C, H, W) -> (B, C, grid, grid)``."""
+    rows = adaptive_pool_matrix(x.shape[-2], grid, x)
+    cols = adaptive_pool_matrix(x.shape[-1], grid, x)
+    return torch.einsum("gh,bchw,kw->bcgk", rows, x, cols)
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Zero-pads ``(B, C, H, W)`` at the bottom and right so that H and W divide by ``multiple``."""
+    h, w = x.shape[-2:]
+    pad_h = (multiple - h % multiple) % multiple
+    pad_w = (multiple - w % multiple) % multiple
+    if pad_h == 0 and pad_w == 0:
+        return x
+    return F.pad(x, (0, pad_w, 0, pad_h))
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def init_weights(module: nn.Module) -> None:
+    """SegFormer-style initialisation: truncated normal linears, fan-out normal convolutions."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, (nn.LayerNorm, nn.BatchNorm2d, nn.GroupNorm)):
+        if module.weight is not None:
+            nn.init.ones_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Conv2d):
+        fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
+        nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+def tokens_to_map(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``(B, H*W, C) -> (B, C, H, W)``."""
+    return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], height, width)
+
+
+def map_to_tokens(x: torch.Tensor) -> torch.Tensor:
+    """``(B, C, H, W) -> (B, H*W, C)``."""
+    return x.flatten(2).transpose(1, 2)
+
+
+def multihead_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """Scaled dot-product attention on token sequences.
+
+    q: ``(B, N, C)``, k and v: ``(B, M, C)``; returns ``(B, N, C)`` with C split into ``heads``.
+    """
+    b, n, c = q.shape
+    d = c // heads
+    q = q.reshape(b, n, heads, d).transpose(1, 2)
+    k = k.reshape(b, k.shape[1], heads, d).transpose(1, 2)
+    v = v.reshape(b, v.shape[1], heads, d).transpose(1, 2)
+    out = F.scaled_dot_product_attention(q, k, v)
+    return out.transpose(1, 2).reshape(b, n, c)

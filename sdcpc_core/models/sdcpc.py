@@ -1,0 +1,242 @@
+"""The SD-CPC model: one definition for training, evaluation, streaming and export.
+
+Static branch (per frame, run once and cached):
+    backbone -> SegFormer head -> fused F4 ``(B, E, H/4, W/4)``;  X = avgpool2(F4) at 1/8;
+    A = SSEA(X, per-level maps);  S = X + A;  static logits P = classifier(F4 + up2(A)).
+Temporal step (target frame, cached references):
+    D = DSSA(S, ...refs)  (coarse selective + fine window attention, difference-gated);
+    temporal logits T = P + up2(temporal_classifier(D)).
+Both A and D are zero at initialisation (zero-initialised scales), so a model loaded from SegFormer
+weights predicts exactly what that SegFormer predicts; ``temporal=False`` builds SegFormer itself.
+
+Inputs of any size >= 32 are zero-padded (after normalisation) to a multiple of 32 at the bottom
+and right; logits are cropped back to ``ceil(H/4) x ceil(W/4)``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .decode_head import SegFormerHead
+from .dssa import MAX_SELECTED_TOKENS, DynamicSemanticAlignment
+from .layers import ceil_div, init_weights, pad_to_multiple
+from .mit import MIT_SPECS, MixVisionTransformer
+from .prototypes import ClassPrototypes, ProjectionHead
+from .resnet import DilatedResNet
+from .ssea import StaticSemanticAlignment
+
+BACKBONES = (*MIT_SPECS, "resnet101")
+SIZE_MULTIPLE = 32
+
+
+@dataclass(frozen=True)
+class SDCPCConfig:
+    """Hyper-parameters of one model; every field can be overridden in ``build_model``."""
+
+    backbone: str  # mit_b0..mit_b5 or resnet101
+    num_classes: int  # number of output classes K
+    temporal: bool = True  # False builds the per-frame SegFormer baseline
+    embed_dim: int = 256  # decoder width E
+    classifier_dropout: float = 0.1  # dropout before the classifier (training only)
+    drop_path_rate: float = 0.1  # stochastic depth of the MiT encoder
+    ssea_grids: tuple[int, ...] = (1, 2, 4, 8)  # SSEA pooling grid sizes per level
+    heads: int = 8  # attention heads of SSEA and DSSA
+    window: int = 7  # DSSA stage-2 window size (odd)
+    dilation: int = 1  # DSSA stage-2 window dilation
+    coarse_tokens: int = 512  # DSSA stage-1 selected reference tokens (<= 3840)
+    num_prototypes: int = 4  # MCP-CL prototypes per class
+    proj_dim: int = 256  # MCP-CL embedding size
+    prototype_momentum: float = 0.999  # MCP-CL prototype EMA momentum
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("backbone", self.backbone in BACKBONES, f"one of {', '.join(BACKBONES)}"),
+            ("num_classes", isinstance(self.num_classes, int) and self.num_classes >= 1, "an integer >= 1"),
+            ("embed_dim", self.embed_dim >= 8 and self.embed_dim % self.heads == 0,
+             f"a multiple of heads ({self.heads})"),
+            ("heads", self.heads >= 1, "an integer >= 1"),
+            ("classifier_dropout", 0.0 <= self.classifier_dropout < 1.0, "in [0, 1)"),
+            ("drop_path_rate", 0.0 <= self.drop_path_rate < 1.0, "in [0, 1)"),
+            ("ssea_grids", len(self.ssea_grids) > 0 and all(g >= 1 for g in self.ssea_grids),
+             "a non-empty list of integers >= 1"),
+            ("window", self.window >= 1 and self.window % 2 == 1, "an odd integer >= 1"),
+            ("dilation", self.dilation >= 1, "an integer >= 1"),
+            ("coarse_tokens", 1 <= self.coarse_tokens <= MAX_SELECTED_TOKENS, f"in 1..{MAX_SELECTED_TOKENS}"),
+            ("num_prototypes", self.num_prototypes >= 1, "an integer >= 1"),
+            ("proj_dim", self.proj_dim >= 1, "an integer >= 1"),
+            ("prototype_momentum", 0.0 <= self.prototype_momentum < 1.0, "in [0, 1)"),
+        ]
+        for name, ok, accepted in checks:
+            if not ok:
+                raise ValueError(f"SDCPCConfig.{name} must be {accepted}, got {getattr(self, name)!r}")
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+@dataclass
+class FrameCache:
+    """What one frame leaves for the temporal step (batch B, padded size H x W).
+
+    features: S ``(B, E, H/8, W/8)``; kv: reference keys/values ``(B, 2E, H/8, W/8)``;
+    coarse: S pooled ``(B, E, H/32, W/32)``; probs: class probabilities ``(B, K, H/32, W/32)``;
+    logits: static logits ``(B, K, ceil(H0/4), ceil(W0/4))`` of the unpadded size H0 x W0, only
+    needed while the frame is the target (``without_logits`` drops them before caching).
+    """
+
+    features: torch.Tensor
+    kv: torch.Tensor | None
+    coarse: torch.Tensor
+    probs: torch.Tensor
+    logits: torch.Tensor | None = None
+
+    def without_logits(self) -> "FrameCache":
+        return FrameCache(self.features, self.kv, self.coarse, self.probs, None)
+
+
+class ClipOutput(NamedTuple):
+    """``forward_clip`` result for T frames (target last)."""
+
+    static_logits: torch.Tensor  # (B, T, K, ceil(H/4), ceil(W/4))
+    temporal_logits: torch.Tensor  # (B, K, ceil(H/4), ceil(W/4))
+    embeddings: torch.Tensor | None  # (B, D, ceil(H/8), ceil(W/8)) unit-norm, None without temporal part
+
+
+def _build_backbone(name: str, drop_path_rate: float) -> nn.Module:
+    if name == "resnet101":
+        return DilatedResNet((3, 4, 23, 3))
+    return MixVisionTransformer(MIT_SPECS[name], drop_path_rate)
+
+
+class SDCPC(nn.Module):
+    """SD-CPC (``config.temporal``) or the per-frame SegFormer baseline built from the same parts."""
+
+    def __init__(self, config: SDCPCConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = _build_backbone(config.backbone, config.drop_path_rate)
+        e, k = config.embed_dim, config.num_classes
+        self.decode_head = SegFormerHead(self.backbone.out_channels, e, k, config.classifier_dropout)
+        self.decode_head.apply(init_weights)
+        if config.temporal:
+            self.ssea = StaticSemanticAlignment(e, len(self.backbone.out_channels), config.ssea_grids, config.heads)
+            self.dssa = DynamicSemanticAlignment(e, config.heads, config.window, config.dilation, config.coarse_tokens)
+            self.temporal_classifier = nn.Conv2d(e, k, 1, bias=False)
+            self.projector = ProjectionHead(e, config.proj_dim)
+            for module in (self.ssea, self.dssa, self.temporal_classifier, self.projector):
+                module.apply(init_weights)
+            self.prototypes = ClassPrototypes(k, config.num_prototypes, config.proj_dim, config.prototype_momentum)
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    @property
+    def is_temporal(self) -> bool:
+        return self.config.temporal
+
+    # ------------------------------------------------------------------ static branch
+    def encode_frame(self, image: torch.Tensor) -> FrameCache:
+        """Static branch for normalised images ``(B, 3, H, W)``, H, W >= 32 (padded to multiples of 32)."""
+        _check_images(image, 4)
+        h0, w0 = image.shape[-2:]
+        x = pad_to_multiple(image, SIZE_MULTIPLE)
+        levels = self.decode_head.project(self.backbone(x))
+        fused = self.decode_head.fuse(levels)
+        features = F.avg_pool2d(fused, 2)
+        kv = None
+        if self.config.temporal:
+            aligned = self.ssea(features, levels)
+            features = features + aligned
+            fused = fused + F.interpolate(aligned, size=fused.shape[-2:], mode="bilinear", align_corners=False)
+            kv = self.dssa.fine.project_kv(features)
+        logits = self.decode_head.classify(fused)
+        probs = F.avg_pool2d(logits.detach().softmax(dim=1), 8)
+        logits = logits[..., : ceil_div(h0, 4), : ceil_div(w0, 4)]
+        return FrameCache(features, kv, F.avg_pool2d(features, 4), probs, logits)
+
+    # ---------------------------------------------------------------- temporal branch
+    def temporal_features(
+        self, current: FrameCache, ref_kv: torch.Tensor, ref_coarse: torch.Tensor, ref_probs: torch.Tensor,
+    ) -> torch.Tensor:
+        """DSSA residual ``(B, E, H/8, W/8)``; references stacked on dim 1 (``(B, R, ...)``)."""
+        return self.dssa(current.features, current.coarse, current.probs, ref_kv, ref_coarse, ref_probs)
+
+    def temporal_logits(self, current: FrameCache, residual: torch.Tensor) -> torch.Tensor:
+        """Static logits of the target plus the classified temporal residual, cropped to their size."""
+        correction = self.temporal_classifier(residual)
+        correction = F.interpolate(correction, scale_factor=2.0, mode="bilinear", align_corners=False)
+        h, w = current.logits.shape[-2:]
+        return current.logits + correction[..., :h, :w]
+
+    def temporal_step(self, current: FrameCache, refs: Sequence[FrameCache]) -> torch.Tensor:
+        """Logits ``(B, K, ceil(H/4), ceil(W/4))`` of the frame ``current`` given cached references.
+
+        ``refs`` are ordered oldest first (t-9, t-6, t-3 by default); at a cold start pass the
+        earliest frames available (duplicates allowed), as in training. Without the temporal part
+        this returns the static logits.
+        """
+        if current.logits is None:
+            raise ValueError("temporal_step needs the current frame's static logits; pass the FrameCache "
+                             "returned by encode_frame, not one stripped by without_logits()")
+        if not self.config.temporal:
+            return current.logits
+        if len(refs) == 0:
+            raise ValueError("temporal_step needs at least one reference FrameCache (duplicate the current "
+                             "frame at a cold start)")
+        for ref in refs:
+            if ref.features.shape != current.features.shape:
+                raise ValueError(f"reference features {tuple(ref.features.shape)} do not match the current "
+                                 f"frame's {tuple(current.features.shape)}; all frames must have one size")
+        return self.temporal_logits(current, self.temporal_features(current, *stack_references(refs)))
+
+    # ------------------------------------------------------------------ clip / image
+    def forward_clip(self, frames: torch.Tensor) -> ClipOutput:
+        """frames ``(B, T, 3, H, W)`` normalised, target last; every frame goes through the backbone once.
+
+        Frames are encoded one time step at a time (batch B), exactly as the streaming runtime does,
+        so that ``encode_frame`` + ``temporal_step`` reproduce these logits bit for bit.
+        """
+        _check_images(frames, 5)
+        caches = [self.encode_frame(frames[:, i]) for i in range(frames.shape[1])]
+        static_logits = torch.stack([c.logits for c in caches], dim=1)
+        current = caches[-1]
+        if not self.config.temporal:
+            return ClipOutput(static_logits, current.logits, None)
+        refs = caches[:-1] or caches
+        residual = self.temporal_features(current, *stack_references(refs))
+        logits = self.temporal_logits(current, residual)
+        h8, w8 = ceil_div(frames.shape[-2], 8), ceil_div(frames.shape[-1], 8)
+        embeddings = self.projector(current.features + residual)[..., :h8, :w8]
+        return ClipOutput(static_logits, logits, embeddings)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | ClipOutput:
+        """``(B, 3, H, W)`` -> per-frame logits ``(B, K, H/4, W/4)``; ``(B, T, 3, H, W)`` -> ``forward_clip``."""
+        if x.dim() == 5:
+            return self.forward_clip(x)
+        return self.encode_frame(x).logits
+
+
+def stack_references(refs: Sequence[FrameCache]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Reference tensors stacked on dim 1: kv ``(B, R, 2E, h8, w8)``, coarse, probs ``(B, R, ., h32, w32)``."""
+    return tuple(torch.stack([getattr(r, name) for r in refs], dim=1) for name in ("kv", "coarse", "probs"))
+
+
+def _check_images(x: torch.Tensor, rank: int) -> None:
+    layout = "(B, 3, H, W)" if rank == 4 else "(B, T, 3, H, W)"
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"expected a torch.Tensor of shape {layout}, got {type(x).__name__}")
+    if x.dim() != rank:
+        raise ValueError(f"expected images of shape {layout}, got a tensor of rank {x.dim()} {tuple(x.shape)}")
+    if x.shape[-3] != 3:
+        raise ValueError(f"expected 3 colour channels (RGB, normalised) in {layout}, got {x.shape[-3]}")
+    if x.shape[-2] < SIZE_MULTIPLE or x.shape[-1] < SIZE_MULTIPLE:
+        raise ValueError(f"images must be at least {SIZE_MULTIPLE}x{SIZE_MULTIPLE} pixels, got "
+                         f"{x.shape[-2]}x{x.shape[-1]}")
+    if not x.is_floating_point():
+        raise ValueError(f"expected normalised floating-point images, got dtype {x.dtype}")
