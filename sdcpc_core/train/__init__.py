@@ -1,0 +1,1 @@
+"""Training: losses (and, with the training milestone, the trainer)."""
