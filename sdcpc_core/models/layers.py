@@ -50,11 +50,20 @@ def adaptive_pool_matrix(n_in: int, n_out: int, like: torch.Tensor) -> torch.Ten
     return weights / weights.sum(dim=1, keepdim=True)
 
 
-def adaptive_avg_pool(x: torch.Tensor, grid: int) -> torch.Tensor:
-    """Export-friendly ``F.adaptive_avg_pool2d(x, grid)``: ``(B, C, H, W) -> (B, C, grid, grid)``."""
-    rows = adaptive_pool_matrix(x.shape[-2], grid, x)
-    cols = adaptive_pool_matrix(x.shape[-1], grid, x)
-    return torch.einsum("gh,bchw,kw->bcgk", rows, x, cols)
+def adaptive_avg_pool(x: torch.Tensor, grids: tuple[int, ...]) -> list[torch.Tensor]:
+    """Export-friendly ``[F.adaptive_avg_pool2d(x, g) for g in grids]``: ``(B, C, H, W) -> [(B, C, g, g)]``.
+
+    Two plain matrix products per grid (the first shared by all grids), no batched small GEMMs.
+    """
+    b, c, h, w = x.shape
+    cols = torch.cat([adaptive_pool_matrix(w, g, x) for g in grids], dim=0)  # (sum g, W)
+    pooled_cols = torch.mm(x.reshape(b * c * h, w), cols.t()).reshape(b * c, h, -1)
+    out, start = [], 0
+    for g in grids:
+        part = pooled_cols[..., start:start + g].transpose(1, 2).reshape(b * c * g, h)
+        out.append(torch.mm(part, adaptive_pool_matrix(h, g, x).t()).reshape(b, c, g, g).transpose(2, 3))
+        start += g
+    return out
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:

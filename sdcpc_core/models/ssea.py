@@ -38,8 +38,7 @@ class StaticSemanticAlignment(nn.Module):
         """Pooled multi-scale, multi-level tokens ``(B, num_tokens, E)``."""
         groups = []
         for level in levels:
-            for grid in self.grids:
-                groups.append(map_to_tokens(adaptive_avg_pool(level, grid)))
+            groups.extend(map_to_tokens(pooled) for pooled in adaptive_avg_pool(level, self.grids))
         sizes = [g.shape[1] for g in groups]
         embed = torch.cat([e.expand(n, -1) for e, n in zip(self.token_embed, sizes)], dim=0)
         return self.token_norm(torch.cat(groups, dim=1) + embed)
