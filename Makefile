@@ -1,0 +1,45 @@
+# Development tasks. Needs only python3 (3.10+), pip and make.
+#
+#   make venv    create $(VENV) with the package (editable) and the test tools
+#   make test    run the test suite
+#   make demo    run the demo
+#   make clean   remove build outputs and caches (distclean: also $(VENV))
+#
+# VENV=path puts the virtual environment elsewhere; EXTRAS=test skips the ROS 2
+# wheels (the "ros" extra, Linux x86_64 only, installs nothing elsewhere).
+
+PYTHON ?= python3
+VENV ?= .venv
+EXTRAS ?= test,ros
+
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+comma := ,
+STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+
+.PHONY: venv demo test clean distclean
+
+venv: $(STAMP)
+
+# PyTorch is installed first, at the version pinned in constraints.txt, and
+# every later install is constrained to it, so nothing swaps the build.
+$(STAMP): setup.py setup.cfg constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install -c constraints.txt torch
+	$(PIP) install -c constraints.txt -e ".[$(EXTRAS)]"
+	touch $@
+
+demo: venv
+	$(PY) -m sdcpc_core.demo
+
+test: venv
+	$(PY) -m pytest -q -ra test
+
+clean:
+	rm -rf build install log out .pytest_cache *.egg-info
+	find . -path ./.git -prune -o -path './$(VENV)' -prune -o \
+		-name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,124 @@
+"""Packaging of sdcpc_ros: one distribution that installs both Python packages.
+
+* ``sdcpc_core``: the SD-CPC model, training, evaluation and runtime (no ROS).
+* ``sdcpc_ros``: the ROS 2 (rclpy) front end.
+
+Works both as an ordinary pip package (``pip install -c constraints.txt .``)
+and as an ``ament_python`` package built by colcon, which additionally
+installs the ament index marker, package.xml, launch files and configuration
+under ``share/sdcpc_ros``.
+"""
+
+import os
+
+from setuptools import find_packages, setup
+
+package_name = 'sdcpc_ros'
+version = '0.1.0'
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# Files that never belong in an installed package.
+_SKIP_DIRS = {'__pycache__'}
+_SKIP_SUFFIXES = ('.py', '.pyc', '.pyo')
+
+
+def _package_data(package):
+    """Every non-Python file below ``package`` (e.g. ``assets/**``), relative to it."""
+    root = os.path.join(HERE, package)
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(
+            d for d in dirnames
+            if d not in _SKIP_DIRS and not d.endswith('.egg-info') and not d.startswith('.'))
+        for name in sorted(filenames):
+            if name.endswith(_SKIP_SUFFIXES) or name.startswith('.'):
+                continue
+            found.append(os.path.relpath(os.path.join(dirpath, name), root).replace(os.sep, '/'))
+    return found
+
+
+def _tree_data_files(source, target):
+    """data_files entries copying ``source`` (relative to this file) to ``target``, keeping subfolders."""
+    entries = []
+    for dirpath, dirnames, filenames in os.walk(os.path.join(HERE, source)):
+        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith('.'))
+        files = sorted(
+            os.path.relpath(os.path.join(dirpath, name), HERE).replace(os.sep, '/')
+            for name in filenames if not name.startswith('.') and not name.endswith(('.pyc', '.pyo')))
+        if not files:
+            continue
+        rel = os.path.relpath(dirpath, os.path.join(HERE, source))
+        dest = target if rel == os.curdir else '/'.join([target] + rel.split(os.sep))
+        entries.append((dest, files))
+    return entries
+
+
+ONNX_REQUIRES = ['onnx', 'onnxruntime', 'onnxscript']
+_ROS_WHEEL_MARKER = "; platform_system == 'Linux' and platform_machine == 'x86_64'"
+
+setup(
+    name=package_name,
+    version=version,
+    description='SD-CPC video semantic segmentation: model runtime and ROS 2 node',
+    long_description=__doc__,
+    long_description_content_type='text/plain',
+    maintainer='sdcpc maintainers',
+    maintainer_email='maintainers@sdcpc.invalid',
+    license='Apache-2.0',
+    classifiers=[
+        'Programming Language :: Python :: 3',
+        'Topic :: Scientific/Engineering :: Image Recognition',
+    ],
+    python_requires='>=3.10',
+    packages=find_packages(exclude=['test', 'test.*', 'bench', 'bench.*']),
+    package_data={'sdcpc_core': _package_data('sdcpc_core')},
+    data_files=[
+        ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
+        ('share/' + package_name, ['package.xml']),
+        *_tree_data_files('launch', 'share/' + package_name + '/launch'),
+        *_tree_data_files('config', 'share/' + package_name + '/config'),
+    ],
+    install_requires=[
+        # The code supports torch 2.11 and newer; constraints.txt pins the
+        # exact build used for development and CI.
+        'torch>=2.11',
+        'numpy',
+        'safetensors',
+        'PyYAML',
+        'tqdm',
+    ],
+    extras_require={
+        # ROS 2 (Kilted) as pip wheels, for machines without a ROS install
+        # (tests, CI). rmw_fastrtps_cpp is needed: rclpy fails to load without
+        # an RMW. The wheels exist for Linux x86_64 only; elsewhere (e.g. a
+        # Jetson) this extra installs nothing and a real ROS 2 install is used.
+        'ros': [req + _ROS_WHEEL_MARKER for req in (
+            'ros-rclpy',
+            'ros-sensor-msgs',
+            'ros-std-msgs',
+            'ros-diagnostic-msgs',
+            'ros-lifecycle-msgs',
+            'ros-rmw-fastrtps-cpp',
+            'ros-ament-index-python',
+        )],
+        'onnx': ONNX_REQUIRES,
+        'tensorrt': ['torch-tensorrt', 'tensorrt'],
+        'test': [
+            'pytest',
+            'transformers',
+            'colcon-core',
+            'colcon-ros',
+            'colcon-python-setup-py',
+            'ros-ament-package',
+            *ONNX_REQUIRES,
+        ],
+    },
+    zip_safe=True,
+    entry_points={
+        'console_scripts': [
+            'sdcpc-model-info = sdcpc_core.tools.model_info:main',
+            'sdcpc-demo = sdcpc_core.demo:main',
+        ],
+    },
+)

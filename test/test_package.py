@@ -1,0 +1,266 @@
+"""Packaging checks: colcon build, package.xml, configuration files, launch files."""
+
+import ast
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = 'sdcpc_ros'
+
+# What a colcon workspace needs from this repository (never .venv, build, ...).
+PACKAGE_FILES = ('package.xml', 'setup.py', 'setup.cfg', 'resource', 'launch', 'config',
+                 'sdcpc_core', 'sdcpc_ros')
+
+EXPECTED_CLASS_COUNTS = {'cityscapes': 19, 'camvid': 11, 'vspw': 124}
+
+LAUNCH_ARGUMENTS = {
+    'segment.launch.py': {
+        'image_topic': '/camera/image_raw',
+        'use_compressed': 'false',
+        'params_file': None,  # a substitution (installed config/segment.yaml)
+        'namespace': '',
+        'backend': 'eager',
+        'device': 'cpu',
+        'log_level': 'info',
+    },
+    'two_cameras.launch.py': {
+        'params_file': None,
+        'backend': 'eager',
+        'device': 'cpu',
+        'use_compressed': 'false',
+        'log_level': 'info',
+    },
+}
+
+
+def _setup_kwargs():
+    """Keyword arguments of the setup() call in setup.py that are literals."""
+    tree = ast.parse((ROOT / 'setup.py').read_text())
+    constants = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 \
+                and isinstance(node.targets[0], ast.Name) \
+                and isinstance(node.value, ast.Constant):
+            constants[node.targets[0].id] = node.value.value
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, 'id', None) == 'setup':
+            kwargs = {}
+            for kw in node.keywords:
+                if isinstance(kw.value, ast.Name) and kw.value.id in constants:
+                    kwargs[kw.arg] = constants[kw.value.id]
+                else:
+                    try:
+                        kwargs[kw.arg] = ast.literal_eval(kw.value)
+                    except ValueError:
+                        pass
+            return kwargs
+    raise AssertionError('setup.py has no setup() call')
+
+
+def _copy_package(dest):
+    dest.mkdir(parents=True)
+    ignore = shutil.ignore_patterns('__pycache__', '*.pyc', '*.egg-info', '.pytest_cache')
+    for name in PACKAGE_FILES:
+        src = ROOT / name
+        assert src.exists(), f'{name} is missing from the repository'
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=ignore)
+        else:
+            shutil.copy2(src, dest / name)
+
+
+# --------------------------------------------------------------------------- colcon
+
+
+def test_colcon_build(tmp_path):
+    if importlib.util.find_spec('colcon_core') is None or importlib.util.find_spec('colcon_ros') is None:
+        reason = 'colcon-core / colcon-ros are not installed (pip install -e ".[test]")'
+        print(reason)
+        pytest.skip(reason)
+
+    src = tmp_path / 'src'
+    _copy_package(src / PACKAGE)
+    build, install, log = tmp_path / 'build', tmp_path / 'install', tmp_path / 'log'
+    env = dict(os.environ)
+    env['COLCON_HOME'] = str(tmp_path / 'colcon_home')  # ignore the user's colcon defaults
+    env.pop('COLCON_DEFAULTS_FILE', None)
+    # This interpreter (and its setuptools) runs colcon and setup.py.
+    cmd = [sys.executable, '-m', 'colcon', '--log-base', str(log), 'build',
+           '--base-paths', str(src), '--build-base', str(build), '--install-base', str(install),
+           '--event-handlers', 'console_direct+']
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=600)
+    assert proc.returncode == 0, f'colcon build failed:\n{proc.stdout[-20000:]}'
+    assert 'Finished <<< sdcpc_ros' in proc.stdout, proc.stdout[-5000:]
+
+    prefix = install / PACKAGE  # colcon's default isolated install layout
+    for rel in (
+        'share/ament_index/resource_index/packages/sdcpc_ros',
+        'share/sdcpc_ros/package.xml',
+        'share/sdcpc_ros/launch/segment.launch.py',
+        'share/sdcpc_ros/launch/two_cameras.launch.py',
+        'share/sdcpc_ros/config/segment.yaml',
+        'share/sdcpc_ros/config/classes/cityscapes.yaml',
+        'share/sdcpc_ros/config/classes/camvid.yaml',
+        'share/sdcpc_ros/config/classes/vspw.yaml',
+        'lib/sdcpc_ros/sdcpc-model-info',
+        'lib/sdcpc_ros/sdcpc-demo',
+    ):
+        assert (prefix / rel).is_file(), f'{rel} is missing from the install tree'
+    assert os.access(prefix / 'lib/sdcpc_ros/sdcpc-model-info', os.X_OK)
+
+    # lib/python3.X/site-packages (or dist-packages with a Debian interpreter)
+    found = sorted(prefix.glob('lib*/python3*/*-packages/sdcpc_core/__init__.py'))
+    assert len(found) == 1, f'sdcpc_core not (or twice) in the install tree: {found}'
+    site_packages = found[0].parent.parent
+    assert (site_packages / 'sdcpc_ros' / '__init__.py').is_file()
+
+    # Import the installed copy, not the repository's: run from an empty folder
+    # with only the install tree on PYTHONPATH.
+    probe_env = dict(os.environ)
+    probe_env['PYTHONPATH'] = str(site_packages)
+    probe = subprocess.run(
+        [sys.executable, '-c', 'import sdcpc_core, sdcpc_ros; print(sdcpc_core.__file__); '
+                               'print(sdcpc_ros.__file__)'],
+        cwd=tmp_path, env=probe_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, timeout=120)
+    assert probe.returncode == 0, probe.stdout
+    lines = probe.stdout.splitlines()
+    assert len(lines) == 2, probe.stdout
+    for line in lines:
+        assert Path(line).resolve().is_relative_to(install.resolve()), probe.stdout
+
+
+# --------------------------------------------------------------------------- package.xml
+
+
+def test_package_xml_matches_setup_py():
+    root = ET.parse(ROOT / 'package.xml').getroot()
+    assert root.tag == 'package'
+    assert root.get('format') == '3'
+    assert root.findtext('export/build_type') == 'ament_python'
+    kwargs = _setup_kwargs()
+    assert root.findtext('name') == kwargs['name'] == PACKAGE
+    assert root.findtext('version') == kwargs['version']
+    assert root.findtext('license') == kwargs['license']
+    maintainer = root.find('maintainer')
+    assert maintainer is not None and maintainer.get('email')
+    exec_depends = {e.text for e in root.findall('exec_depend')}
+    for key in ('rclpy', 'sensor_msgs', 'launch', 'launch_ros', 'ament_index_python',
+                'python3-numpy', 'python3-yaml', 'python3-torch'):
+        assert key in exec_depends, key
+    assert (ROOT / 'resource' / PACKAGE).is_file()
+
+
+def test_setup_cfg_script_dirs():
+    import configparser
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / 'setup.cfg')
+    assert cfg.get('develop', 'script_dir') == '$base/lib/sdcpc_ros'
+    assert cfg.get('install', 'install_scripts') == '$base/lib/sdcpc_ros'
+
+
+# --------------------------------------------------------------------------- config
+
+
+def _config_files():
+    return sorted((ROOT / 'config').rglob('*.yaml'))
+
+
+def test_config_files_parse():
+    files = _config_files()
+    assert files
+    for path in files:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+        assert isinstance(data, dict), path
+
+
+def test_segment_params():
+    with open(ROOT / 'config' / 'segment.yaml') as f:
+        data = yaml.safe_load(f)
+    assert list(data) == ['/**']
+    params = data['/**']['ros__parameters']
+    assert params['model'] == 'sdcpc_b0_synthetic'
+    assert params['backend'] in ('eager', 'compile', 'onnxruntime', 'tensorrt')
+    assert params['device'] == 'cpu'
+    assert params['precision'] in ('fp32', 'fp16', 'bf16')
+    assert params['input_height'] % 32 == 0 and params['input_width'] % 32 == 0
+    assert params['reference_offsets'] == [9, 6, 3]
+    assert params['output_resolution'] in ('camera', 'network')
+    assert params['input_qos'] in ('sensor_data', 'default', 'reliable')
+    assert params['output_qos'] in ('sensor_data', 'default', 'reliable')
+    assert params['class_palette_file'] == ''
+    assert params['max_image_pixels'] == 33177600
+    for key in ('publish_color', 'publish_confidence', 'publish_dynamic', 'use_compressed',
+                'process_every_frame'):
+        assert isinstance(params[key], bool), key
+    # ROS parameters must be one type per list and never null.
+    for key, value in params.items():
+        assert value is not None, key
+        if isinstance(value, list):
+            assert value and len({type(v) for v in value}) == 1, key
+    cityscapes = {c['name'] for c in yaml.safe_load(
+        (ROOT / 'config' / 'classes' / 'cityscapes.yaml').read_text())['classes']}
+    assert set(params['dynamic_classes']) <= cityscapes
+
+
+@pytest.mark.parametrize('dataset', sorted(EXPECTED_CLASS_COUNTS))
+def test_class_files(dataset):
+    with open(ROOT / 'config' / 'classes' / f'{dataset}.yaml') as f:
+        classes = yaml.safe_load(f)['classes']
+    assert len(classes) == EXPECTED_CLASS_COUNTS[dataset]
+    assert [c['id'] for c in classes] == list(range(len(classes)))
+    names = [c['name'] for c in classes]
+    assert all(isinstance(n, str) and n for n in names)
+    assert len(set(names)) == len(names)
+    colors = [tuple(c['color']) for c in classes]
+    for color in colors:
+        assert len(color) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in color)
+    assert len(set(colors)) == len(colors), 'colours must tell the classes apart'
+
+
+# --------------------------------------------------------------------------- launch
+
+
+def _is_installed_package(name):
+    # The repository's launch/ folder would be found as a namespace package
+    # named "launch": only a regular package counts.
+    spec = importlib.util.find_spec(name)
+    return spec is not None and spec.origin is not None
+
+
+@pytest.mark.parametrize('name', sorted(LAUNCH_ARGUMENTS))
+def test_launch_file_compiles(name):
+    path = ROOT / 'launch' / name
+    compile(path.read_text(), str(path), 'exec')
+
+
+@pytest.mark.parametrize('name', sorted(LAUNCH_ARGUMENTS))
+def test_launch_description(name):
+    missing = [m for m in ('launch', 'launch_ros') if not _is_installed_package(m)]
+    if missing:
+        reason = f'{" and ".join(missing)} not importable (needs a ROS 2 install)'
+        print(reason)
+        pytest.skip(reason)
+    from launch.actions import DeclareLaunchArgument
+
+    spec = importlib.util.spec_from_file_location(name.replace('.', '_'), ROOT / 'launch' / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    description = module.generate_launch_description()
+    declared = {a.name: a for a in description.entities if isinstance(a, DeclareLaunchArgument)}
+    expected = LAUNCH_ARGUMENTS[name]
+    assert set(declared) == set(expected)
+    for arg, default in expected.items():
+        if default is not None:
+            assert len(declared[arg].default_value) == 1
+            assert declared[arg].default_value[0].text == default, arg
