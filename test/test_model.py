@@ -224,3 +224,9 @@ def test_export_friendly_pooling_matches_adaptive_pooling(size, grid):
     pooled = adaptive_avg_pool(x, (grid, 1, 3))
     for out, g in zip(pooled, (grid, 1, 3)):
         assert torch.allclose(out, F.adaptive_avg_pool2d(x, g), atol=1e-6)
+
+
+def test_selection_ties_stay_resolvable_for_large_maps():
+    """3 references of a 1/32 map of 1080x1920 (34 x 60): every token gets a distinct float32 score."""
+    scores = selection_scores(torch.full((1, 3, 34, 60), 0.999))
+    assert scores.unique().numel() == scores.numel()

@@ -42,19 +42,21 @@ def perceptual_difference(target_probs: torch.Tensor, ref_probs: torch.Tensor, e
 
 
 def selection_scores(difference: torch.Tensor) -> torch.Tensor:
-    """Stage-1 ranking ``(B, R*h*w)``: difference quantised to 1/1024 plus a static tie-breaker.
+    """Stage-1 ranking ``(B, R*h*w)``: difference quantised to 1/256 plus a static tie-breaker.
 
     Quantising makes the choice insensitive to float noise (a batched clip and a streamed frame
-    select the same tokens); the tie-breaker (< 1/1024) prefers newer references, then earlier
-    positions, so equal differences (e.g. duplicated frames at a cold start) rank deterministically.
+    select the same tokens); the tie-breaker (< 1/256) prefers newer references, then earlier
+    positions, so equal differences (e.g. duplicated frames at a cold start) rank deterministically
+    in PyTorch and TensorRT alike. Its steps of 1/(256 n) stay above float32 resolution near 1.0
+    for up to n = 32768 reference tokens (3 references of 1/32 maps up to 1080x1920 need 6120).
     """
     flat = difference.flatten(1)
     n = flat.shape[1]
     r, hw = difference.shape[1], difference.shape[2] * difference.shape[3]
     ref_index = torch.arange(r, device=flat.device, dtype=flat.dtype).repeat_interleave(hw)
     position = torch.arange(hw, device=flat.device, dtype=flat.dtype).repeat(r)
-    tie_break = (ref_index * hw + (hw - 1 - position)) / (n * 2048.0)
-    return torch.floor(flat * 1024.0) / 1024.0 + tie_break
+    tie_break = (ref_index * hw + (hw - 1 - position)) / (n * 256.0)
+    return torch.floor(flat * 256.0) / 256.0 + tie_break
 
 
 class CoarseSelectiveAttention(nn.Module):

@@ -1,0 +1,1 @@
+"""Command-line tools of sdcpc_core (installed as console scripts, e.g. ``sdcpc-model-info``)."""
