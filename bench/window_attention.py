@@ -96,7 +96,6 @@ def _parse_args(argv=None):
 
 
 def _make_fn(method, window, dilation):
-    import torch
     import torch.nn.functional as F
 
     if method == "window":

@@ -28,7 +28,7 @@ import torch
 
 from .models import build_model, list_models
 from .models.sdcpc import SDCPC, FrameCache
-from .tools.model_info import parse_size
+from .tools.cli import at_least, image_size, variant
 
 CITYSCAPES_CLASSES = (
     "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
@@ -122,31 +122,23 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sdcpc-demo",
         description="Stream a synthetic camera sequence through SD-CPC as the robot does (untrained weights).")
-    parser.add_argument("--frames", type=int, default=24, help="number of frames (default 24)")
-    parser.add_argument("--size", default="192x384", help="frame HEIGHTxWIDTH in pixels (default 192x384)")
-    parser.add_argument("--variant", default="sdcpc_b0", help=f"model variant (default sdcpc_b0), one of: "
-                        f"{', '.join(list_models())}")
+    parser.add_argument("--frames", type=at_least(1), default=24, help="number of frames (default 24)")
+    parser.add_argument("--size", type=image_size, default="192x384",
+                        help="frame HEIGHTxWIDTH in pixels (default 192x384)")
+    parser.add_argument("--variant", type=variant, default="sdcpc_b0",
+                        help=f"model variant (default sdcpc_b0), one of: {', '.join(list_models())}")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the sequence (default 0)")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--threads", type=at_least(0), default=0,
+                        help="CPU threads for torch (default 0: torch's choice)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    try:
-        height, width = parse_size(args.size)
-    except ValueError as error:
-        parser.error(str(error))
-    if args.frames < 1:
-        parser.error(f"--frames must be >= 1, got {args.frames}")
-    if args.threads < 0:
-        parser.error(f"--threads must be >= 0, got {args.threads}")
+    height, width = args.size
     torch.manual_seed(args.seed)
-    try:
-        model = build_model(args.variant, len(CITYSCAPES_CLASSES)).eval()
-    except ValueError as error:
-        parser.error(str(error))
+    model = build_model(args.variant, len(CITYSCAPES_CLASSES)).eval()
     previous_threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -30,7 +30,7 @@ def test_demo_rejects_bad_size(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--size", "64"])
     assert exit_info.value.code == 2
-    assert "--size must be HEIGHTxWIDTH" in capsys.readouterr().err
+    assert "argument --size: size must be HEIGHTxWIDTH" in capsys.readouterr().err
 
 
 def test_frame_buffer_references_and_horizon():

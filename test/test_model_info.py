@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from sdcpc_core.models import build_model
-from sdcpc_core.tools.model_info import MODULES, main, parse_size, sdpa_is_counted
+from sdcpc_core.tools.cli import parse_size
+from sdcpc_core.tools.model_info import MODULES, main, sdpa_is_counted
 
 HEIGHT, WIDTH, CLASSES = 64, 96, 5
 
@@ -72,7 +73,7 @@ def test_bad_size_exits_2(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--size", "480"])
     assert exit_info.value.code == 2
-    assert "--size must be HEIGHTxWIDTH with both >= 32, got '480'" in capsys.readouterr().err
+    assert "argument --size: size must be HEIGHTxWIDTH with both >= 32, got '480'" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         main(["--size", "16x64"])
     assert exit_info.value.code == 2

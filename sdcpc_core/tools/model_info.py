@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import textwrap
 from typing import Callable
@@ -35,6 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..models import VARIANTS, build_model
 from ..models.layers import ceil_div
 from ..models.sdcpc import SDCPC, SIZE_MULTIPLE
+from .cli import at_least, image_size, variant
 
 MODULES = ("backbone", "decode_head", "ssea", "dssa", "temporal_classifier", "projector")
 PHASES = ("static", "temporal", "streaming", "clip")
@@ -52,17 +52,6 @@ PUBLISHED = (
 PUBLISHED_NOTE = ("published figures (Cityscapes, MiT-B1; GFLOPs per clip). Their input size and "
                   "FLOP convention are not stated in our spec (common counters report one "
                   "multiply-add as one FLOP), so only the parameter counts are directly comparable.")
-_SIZE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
-
-
-def parse_size(text: str, option: str = "--size") -> tuple[int, int]:
-    """``"480x853"`` -> ``(480, 853)``; raises ``ValueError`` with a one-sentence message."""
-    match = _SIZE.match(text)
-    if not match or min(int(match.group(1)), int(match.group(2))) < SIZE_MULTIPLE:
-        raise ValueError(f"{option} must be HEIGHTxWIDTH with both >= {SIZE_MULTIPLE}, got {text!r}")
-    return int(match.group(1)), int(match.group(2))
-
-
 def baseline_for(model: SDCPC) -> SDCPC:
     """Per-frame SegFormer with the model's backbone and decoder width (isolates the temporal cost)."""
     config = model.config
@@ -276,11 +265,14 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sdcpc-model-info",
         description="Parameters and GFLOPs (2 x multiply-adds) of an SD-CPC variant, per top-level module.")
-    parser.add_argument("--variant", default="sdcpc_b1", help=f"model variant, one of: {', '.join(VARIANTS)}")
-    parser.add_argument("--num-classes", type=int, default=124, help="number of classes (default 124, VSPW)")
-    parser.add_argument("--size", default="480x853", help="input HEIGHTxWIDTH in pixels (default 480x853)")
-    parser.add_argument("--refs", type=int, default=3, help="references of the temporal step (default 3)")
-    parser.add_argument("--clip-frames", type=int, default=4, help="frames of the forward_clip figure (default 4)")
+    parser.add_argument("--variant", type=variant, default="sdcpc_b1",
+                        help=f"model variant, one of: {', '.join(VARIANTS)}")
+    parser.add_argument("--num-classes", type=at_least(1), default=124, help="number of classes (default 124, VSPW)")
+    parser.add_argument("--size", type=image_size, default="480x853",
+                        help="input HEIGHTxWIDTH in pixels (default 480x853)")
+    parser.add_argument("--refs", type=at_least(1), default=3, help="references of the temporal step (default 3)")
+    parser.add_argument("--clip-frames", type=at_least(1), default=4,
+                        help="frames of the forward_clip figure (default 4)")
     parser.add_argument("--json", metavar="PATH", help="also write the numbers to this JSON file")
     return parser
 
@@ -288,18 +280,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    try:
-        height, width = parse_size(args.size)
-    except ValueError as error:
-        parser.error(str(error))
-    if args.refs < 1:
-        parser.error(f"--refs must be >= 1, got {args.refs}")
-    if args.clip_frames < 1:
-        parser.error(f"--clip-frames must be >= 1, got {args.clip_frames}")
-    try:
-        report = analyse(args.variant, args.num_classes, height, width, args.refs, args.clip_frames)
-    except ValueError as error:  # unknown variant or invalid model option
-        parser.error(str(error))
+    height, width = args.size
+    report = analyse(args.variant, args.num_classes, height, width, args.refs, args.clip_frames)
     print(format_report(report))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
