@@ -1,0 +1,79 @@
+"""Inference back ends behind one interface: the streaming runtime does not care which runs.
+
+A back end runs the two streaming programs of ``sdcpc_core.runtime.export`` for one fixed input
+size: ``encode(image) -> FrameCache`` once per frame and ``temporal(current, refs) -> logits``.
+Tensors cross the interface as torch tensors on ``backend.device``. Back ends are created by name
+with ``create_backend``; optional ones are imported only when asked for, and asking for one whose
+package is missing names the back ends that are available.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from abc import ABC, abstractmethod
+from typing import Sequence
+
+import torch
+
+from ..models.sdcpc import SDCPC, FrameCache
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+# name -> (module:class, the package it needs)
+BACKENDS: dict[str, tuple[str, str | None]] = {
+    "eager": ("sdcpc_core.runtime.torch_backends:EagerBackend", None),
+    "compile": ("sdcpc_core.runtime.torch_backends:CompileBackend", None),
+    "onnxruntime": ("sdcpc_core.runtime.onnx_backend:OnnxRuntimeBackend", "onnxruntime"),
+    "tensorrt": ("sdcpc_core.runtime.tensorrt_backend:TensorRTBackend", "torch_tensorrt"),
+}
+
+
+class Backend(ABC):
+    """Runs a model's encode and temporal programs at one input size ``(height, width)``."""
+
+    name: str = ""
+
+    def __init__(self, model: SDCPC, input_size: tuple[int, int], device: str | torch.device = "cpu",
+                 precision: str = "fp32", num_refs: int = 3) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.device = torch.device(device)
+        if precision == "fp16" and self.device.type != "cuda":
+            raise ValueError("precision fp16 needs a CUDA device; use fp32 or bf16 on the CPU")
+        self.model = model.eval()
+        self.input_size = tuple(input_size)
+        self.precision = precision
+        self.dtype = PRECISIONS[precision]
+        self.num_refs = num_refs
+
+    @property
+    def is_temporal(self) -> bool:
+        return self.model.is_temporal
+
+    @abstractmethod
+    def encode(self, image: torch.Tensor) -> FrameCache:
+        """Normalised image ``(1, 3, H, W)`` at ``input_size`` -> the frame's cache entry."""
+
+    @abstractmethod
+    def temporal(self, current: FrameCache, refs: Sequence[FrameCache]) -> torch.Tensor:
+        """Logits ``(1, K, ceil(H/4), ceil(W/4))`` of ``current`` given ``num_refs`` references."""
+
+
+def available_backends() -> list[str]:
+    """Names of the back ends whose packages are installed here."""
+    return [name for name, (_, package) in BACKENDS.items()
+            if package is None or importlib.util.find_spec(package) is not None]
+
+
+def create_backend(name: str, model: SDCPC, input_size: tuple[int, int], **options) -> Backend:
+    """Builds back end ``name`` (``eager``, ``compile``, ``onnxruntime``, ``tensorrt``) for ``model``."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; known backends: {', '.join(BACKENDS)} "
+                         f"(available here: {', '.join(available_backends())})")
+    target, package = BACKENDS[name]
+    if package is not None and importlib.util.find_spec(package) is None:
+        raise ValueError(f"backend {name!r} needs the Python package {package!r}, which is not installed; "
+                         f"available here: {', '.join(available_backends())}")
+    module_name, class_name = target.split(":")
+    backend_class = getattr(importlib.import_module(module_name), class_name)
+    return backend_class(model, input_size, **options)
