@@ -164,7 +164,7 @@ def test_encode_frame_outputs(sdcpc_b0):
         cache = sdcpc_b0.encode_frame(torch.randn(1, 3, 64, 96))
     assert isinstance(cache, FrameCache)
     assert cache.features.shape == (1, 256, 8, 12)
-    assert cache.kv.shape == (1, 512, 8, 12)
+    assert cache.kv.shape == (1, 128, 8, 12)
     assert cache.coarse.shape == (1, 256, 2, 3)
     assert cache.probs.shape == (1, 7, 2, 3)
     assert torch.allclose(cache.probs.sum(1), torch.ones(1, 2, 3), atol=1e-5)

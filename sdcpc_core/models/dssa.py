@@ -88,32 +88,38 @@ class CoarseSelectiveAttention(nn.Module):
 
 
 class FineWindowAttention(nn.Module):
-    """Stage 2: window attention at 1/8; reference keys/values are projected once per frame."""
+    """Stage 2: window attention at 1/8; reference keys/values are projected once per frame.
 
-    def __init__(self, embed_dim: int, heads: int, window: int, dilation: int) -> None:
+    Queries, keys and values are ``attn_dim`` wide (default 64 as 4 heads x 16, projected back to
+    the decoder width). The window op is element-wise work proportional to that width times
+    R x window^2; at the full 256 channels it took about as long on a CPU as the whole static
+    branch of MiT-B0, and the cached keys/values of every frame were twice the size of S.
+    """
+
+    def __init__(self, embed_dim: int, heads: int, window: int, dilation: int, attn_dim: int) -> None:
         super().__init__()
         self.heads = heads
         self.window = window
         self.dilation = dilation
         self.query_norm = LayerNorm2d(embed_dim)
         self.key_norm = LayerNorm2d(embed_dim)
-        self.q = nn.Conv2d(embed_dim, embed_dim, 1)
-        self.kv = nn.Conv2d(embed_dim, 2 * embed_dim, 1)
-        self.proj = nn.Conv2d(embed_dim, embed_dim, 1)
+        self.q = nn.Conv2d(embed_dim, attn_dim, 1)
+        self.kv = nn.Conv2d(embed_dim, 2 * attn_dim, 1)
+        self.proj = nn.Conv2d(attn_dim, embed_dim, 1)
 
     def project_kv(self, features: torch.Tensor) -> torch.Tensor:
-        """``(B, E, H, W) -> (B, 2E, H, W)``: what a frame offers as a reference (cached)."""
+        """``(B, E, H, W) -> (B, 2 attn_dim, H, W)``: what a frame offers as a reference (cached)."""
         return self.kv(self.key_norm(features))
 
     def forward(self, query: torch.Tensor, ref_kv: torch.Tensor) -> torch.Tensor:
-        """query ``(B, E, H, W)``, ref_kv ``(B, R, 2E, H, W)`` -> ``(B, E, H, W)``."""
-        b, e, h, w = query.shape
-        r = ref_kv.shape[1]
-        d = e // self.heads
+        """query ``(B, E, H, W)``, ref_kv ``(B, R, 2 attn_dim, H, W)`` -> ``(B, E, H, W)``."""
+        b, _, h, w = query.shape
+        r, width = ref_kv.shape[1], ref_kv.shape[2] // 2
+        d = width // self.heads
         q = self.q(self.query_norm(query)).reshape(b, self.heads, d, h, w)
         kv = ref_kv.reshape(b, r, 2, self.heads, d, h, w)
         out = window_attention(q, kv[:, :, 0], kv[:, :, 1], self.window, self.dilation)
-        return self.proj(out.reshape(b, e, h, w))
+        return self.proj(out.reshape(b, width, h, w))
 
 
 class DifferenceGate(nn.Module):
@@ -135,10 +141,11 @@ class DifferenceGate(nn.Module):
 class DynamicSemanticAlignment(nn.Module):
     """Temporal residual ``(B, E, H/8, W/8)`` for the target from cached reference tensors."""
 
-    def __init__(self, embed_dim: int, heads: int, window: int, dilation: int, coarse_tokens: int) -> None:
+    def __init__(self, embed_dim: int, heads: int, window: int, dilation: int, coarse_tokens: int,
+                 window_heads: int, window_dim: int) -> None:
         super().__init__()
         self.coarse = CoarseSelectiveAttention(embed_dim, heads, coarse_tokens)
-        self.fine = FineWindowAttention(embed_dim, heads, window, dilation)
+        self.fine = FineWindowAttention(embed_dim, window_heads, window, dilation, window_dim)
         self.gate = DifferenceGate()
         self.gamma = nn.Parameter(torch.zeros(embed_dim, 1, 1))
 
@@ -147,7 +154,7 @@ class DynamicSemanticAlignment(nn.Module):
         ref_kv: torch.Tensor, ref_coarse: torch.Tensor, ref_probs: torch.Tensor,
     ) -> torch.Tensor:
         """Target: features ``(B, E, H8, W8)``, coarse ``(B, E, H32, W32)``, probs ``(B, K, H32, W32)``;
-        references stacked on dim 1: ref_kv ``(B, R, 2E, H8, W8)``, ref_coarse, ref_probs."""
+        references stacked on dim 1: ref_kv ``(B, R, 2 window_dim, H8, W8)``, ref_coarse, ref_probs."""
         difference = perceptual_difference(probs, ref_probs)
         context = self.coarse(coarse, ref_coarse, difference)
         size = (features.shape[-2], features.shape[-1])

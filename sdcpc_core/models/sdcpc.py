@@ -44,7 +44,10 @@ class SDCPCConfig:
     classifier_dropout: float = 0.1  # dropout before the classifier (training only)
     drop_path_rate: float = 0.1  # stochastic depth of the MiT encoder
     ssea_grids: tuple[int, ...] = (1, 2, 4, 8)  # SSEA pooling grid sizes per level
-    heads: int = 8  # attention heads of SSEA and DSSA
+    heads: int = 8  # attention heads of SSEA and of DSSA stage 1
+    ssea_dim: int = 128  # SSEA query/key/value width
+    window_heads: int = 4  # attention heads of DSSA stage 2 (window attention)
+    window_dim: int = 64  # DSSA stage-2 query/key/value width (also what each frame caches as keys/values)
     window: int = 7  # DSSA stage-2 window size (odd)
     dilation: int = 1  # DSSA stage-2 window dilation
     coarse_tokens: int = 512  # DSSA stage-1 selected reference tokens (<= 3840)
@@ -59,6 +62,10 @@ class SDCPCConfig:
             ("embed_dim", self.embed_dim >= 8 and self.embed_dim % self.heads == 0,
              f"a multiple of heads ({self.heads})"),
             ("heads", self.heads >= 1, "an integer >= 1"),
+            ("ssea_dim", self.ssea_dim >= 1 and self.ssea_dim % self.heads == 0, f"a multiple of heads ({self.heads})"),
+            ("window_heads", self.window_heads >= 1, "an integer >= 1"),
+            ("window_dim", self.window_dim >= 1 and self.window_dim % self.window_heads == 0,
+             f"a multiple of window_heads ({self.window_heads})"),
             ("classifier_dropout", 0.0 <= self.classifier_dropout < 1.0, "in [0, 1)"),
             ("drop_path_rate", 0.0 <= self.drop_path_rate < 1.0, "in [0, 1)"),
             ("ssea_grids", len(self.ssea_grids) > 0 and all(g >= 1 for g in self.ssea_grids),
@@ -83,7 +90,7 @@ class SDCPCConfig:
 class FrameCache:
     """What one frame leaves for the temporal step (batch B, padded size H x W).
 
-    features: S ``(B, E, H/8, W/8)``; kv: reference keys/values ``(B, 2E, H/8, W/8)``;
+    features: S ``(B, E, H/8, W/8)``; kv: reference keys/values ``(B, 2 window_dim, H/8, W/8)``;
     coarse: S pooled ``(B, E, H/32, W/32)``; probs: class probabilities ``(B, K, H/32, W/32)``;
     logits: static logits ``(B, K, ceil(H0/4), ceil(W0/4))`` of the unpadded size H0 x W0, only
     needed while the frame is the target (``without_logits`` drops them before caching).
@@ -124,8 +131,10 @@ class SDCPC(nn.Module):
         self.decode_head = SegFormerHead(self.backbone.out_channels, e, k, config.classifier_dropout)
         self.decode_head.apply(init_weights)
         if config.temporal:
-            self.ssea = StaticSemanticAlignment(e, len(self.backbone.out_channels), config.ssea_grids, config.heads)
-            self.dssa = DynamicSemanticAlignment(e, config.heads, config.window, config.dilation, config.coarse_tokens)
+            self.ssea = StaticSemanticAlignment(e, len(self.backbone.out_channels), config.ssea_grids, config.heads,
+                                                config.ssea_dim)
+            self.dssa = DynamicSemanticAlignment(e, config.heads, config.window, config.dilation, config.coarse_tokens,
+                                                 config.window_heads, config.window_dim)
             self.temporal_classifier = nn.Conv2d(e, k, 1, bias=False)
             self.projector = ProjectionHead(e, config.proj_dim)
             for module in (self.ssea, self.dssa, self.temporal_classifier, self.projector):
@@ -223,7 +232,7 @@ class SDCPC(nn.Module):
 
 
 def stack_references(refs: Sequence[FrameCache]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Reference tensors stacked on dim 1: kv ``(B, R, 2E, h8, w8)``, coarse, probs ``(B, R, ., h32, w32)``."""
+    """Reference tensors stacked on dim 1: kv ``(B, R, 2 window_dim, h8, w8)``, coarse, probs ``(B, R, ., h32, w32)``."""
     return tuple(torch.stack([getattr(r, name) for r in refs], dim=1) for name in ("kv", "coarse", "probs"))
 
 

@@ -40,7 +40,7 @@ MODULES = ("backbone", "decode_head", "ssea", "dssa", "temporal_classifier", "pr
 PHASES = ("static", "temporal", "streaming", "clip")
 CONVENTION = "GFLOPs = 2 x multiply-adds (1e9); matrix products, convolutions and attention only"
 ANALYTIC_NOTE = ("dssa rows marked * include an analytic count of the window attention (Hadamard "
-                 "products and sums, invisible to FlopCounterMode): 2 x 2 x B x R x E x H/8 x W/8 x "
+                 "products and sums, invisible to FlopCounterMode): 2 x 2 x B x R x window_dim x H/8 x W/8 x "
                  "window^2 for the logits and the weighted sum")
 # Spec section 5: Cityscapes val, MiT-B1 (parameters in M, GFLOPs per clip).
 PUBLISHED = (
@@ -83,9 +83,9 @@ def _window_attention_flops(model: SDCPC, counter: dict) -> list:
     fine = model.dssa.fine
 
     def hook(module, args):
-        query, ref_kv = args[0], args[1]
-        b, e, h, w = query.shape
-        per_product = b * ref_kv.shape[1] * e * h * w * module.window ** 2
+        ref_kv = args[1]
+        b, r, two_width, h, w = ref_kv.shape
+        per_product = b * r * (two_width // 2) * h * w * module.window ** 2
         counter["flops"] += 2 * 2 * per_product  # logits + weighted sum, 2 FLOPs per multiply-add
 
     return [fine.register_forward_pre_hook(hook)]
