@@ -316,10 +316,11 @@ def _sniff(file: Path) -> str:
     """'torch' (zip or legacy pickle), 'safetensors' or 'unknown', from the first bytes."""
     with open(file, "rb") as f:
         head = f.read(9)
-    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
-        return "torch"
+    # safetensors first: its 8-byte header length may well start with 0x80, like a pickle
     if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000:
         return "safetensors"
+    if head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
+        return "torch"
     return "unknown"
 
 

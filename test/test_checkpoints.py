@@ -451,3 +451,19 @@ def test_missing_path_and_unknown_layout(tmp_path):
     with pytest.raises(ValueError, match=r"unrecognised checkpoint layout.*foo\.weight.*accepted formats"):
         load_weights(model, tmp_path / "foo.safetensors")
     assert_state_equal(model.state_dict(), before)
+
+
+def test_safetensors_header_length_that_looks_like_a_pickle_opcode(tmp_path):
+    """A safetensors header whose length's first byte is 0x80 (the pickle PROTO opcode) is still safetensors."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "weights.safetensors"
+    for pad in range(512):
+        save_file({"x": torch.zeros(1)}, str(path), metadata={"pad": "a" * pad})
+        if path.read_bytes()[0] == 0x80:
+            break
+    assert path.read_bytes()[0] == 0x80
+    from sdcpc_core.checkpoints import _read_safetensors
+
+    tensors, metadata = _read_safetensors(path)
+    assert set(tensors) == {"x"} and len(metadata["pad"]) == pad
