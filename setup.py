@@ -119,6 +119,7 @@ setup(
         'console_scripts': [
             'sdcpc-model-info = sdcpc_core.tools.model_info:main',
             'sdcpc-demo = sdcpc_core.demo:main',
+            'sdcpc-export = sdcpc_core.tools.export:main',
         ],
     },
 )
