@@ -87,6 +87,10 @@ setup(
         'safetensors',
         'PyYAML',
         'tqdm',
+        # image decoding, resizing and augmentation (a ROS install provides python3-opencv)
+        'opencv-python-headless',
+        # palette PNG label maps (VSPW), which OpenCV expands to colours
+        'Pillow',
     ],
     extras_require={
         # ROS 2 (Kilted) as pip wheels, for machines without a ROS install

@@ -1,0 +1,8 @@
+"""Data: clip sampling, clip-consistent transforms and dataset readers (VSPW, Cityscapes, CamVid).
+
+OpenCV (``cv2``) is needed by the transforms and readers; it is imported when they are.
+"""
+
+from .clips import DEFAULT_OFFSETS, ClipIndex, ClipSampler, reference_indices
+
+__all__ = ['DEFAULT_OFFSETS', 'ClipIndex', 'ClipSampler', 'reference_indices']
