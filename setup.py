@@ -55,7 +55,7 @@ def _tree_data_files(source, target):
 
 
 ONNX_REQUIRES = ['onnx', 'onnxruntime', 'onnxscript']
-_ROS_WHEEL_MARKER = "; platform_system == 'Linux' and platform_machine == 'x86_64'"
+_LINUX_X86_64 = "; platform_system == 'Linux' and platform_machine == 'x86_64'"
 
 setup(
     name=package_name,
@@ -97,7 +97,7 @@ setup(
         # (tests, CI). rmw_fastrtps_cpp is needed: rclpy fails to load without
         # an RMW. The wheels exist for Linux x86_64 only; elsewhere (e.g. a
         # Jetson) this extra installs nothing and a real ROS 2 install is used.
-        'ros': [req + _ROS_WHEEL_MARKER for req in (
+        'ros': [req + _LINUX_X86_64 for req in (
             'ros-rclpy',
             'ros-sensor-msgs',
             'ros-std-msgs',
@@ -115,6 +115,8 @@ setup(
             'colcon-ros',
             'colcon-python-setup-py',
             'ros-ament-package',
+            # runs the fused window-attention kernel in Triton's CPU interpreter in the tests
+            'triton' + _LINUX_X86_64,
             *ONNX_REQUIRES,
         ],
     },

@@ -1,5 +1,22 @@
-"""Tensor operators used by the SD-CPC model (plain PyTorch, exportable)."""
+"""Tensor operators used by the SD-CPC model (plain PyTorch, exportable).
 
-from .window_attention import window_attention
+``window_attention`` runs the plain-op reference (``.window_attention``) unless the fused switch
+``use_fused_window_attention(True)`` is on and the inputs are CUDA tensors; then it calls the
+custom op ``torch.ops.sdcpc.window_attention`` (a Triton kernel). See ``.window_attention_op``.
+"""
 
-__all__ = ["window_attention"]
+from .window_attention_op import (
+    fused_window_attention,
+    fused_window_attention_enabled,
+    register_tensorrt_plugin,
+    use_fused_window_attention,
+    window_attention,
+)
+
+__all__ = [
+    "fused_window_attention",
+    "fused_window_attention_enabled",
+    "register_tensorrt_plugin",
+    "use_fused_window_attention",
+    "window_attention",
+]
