@@ -1,10 +1,15 @@
-"""Runtime of SD-CPC outside training: export-ready programs for streaming inference.
+"""Runtime of SD-CPC outside training: streaming inference, back ends and export-ready programs.
 
-``export`` wraps the model's two streaming stages as modules with flat tensor inputs and outputs
-and static shapes (``EncodeFrameProgram``, ``TemporalStepProgram``), exports them with
-``torch.export`` (``export_programs``) and checks that an exported program has no symbolic shapes
-(``assert_static``). These programs are the starting point of the ONNX and TensorRT back ends.
+``streaming`` runs the model frame by frame as the robot does (``StreamingSegmenter``: image in, label
+map out, with a time-keyed buffer of reference frames, ``ReferenceCache``). ``backends`` puts the
+inference engines behind one interface (``create_backend``, ``available_backends``: eager PyTorch,
+``torch.compile``, ONNX Runtime, TensorRT). ``export`` wraps the model's two streaming stages as
+modules with flat tensor inputs and outputs and static shapes (``EncodeFrameProgram``,
+``TemporalStepProgram``), exports them with ``torch.export`` (``export_programs``) and checks that an
+exported program has no symbolic shapes (``assert_static``). These programs are the starting point
+of the ONNX and TensorRT back ends.
 """
+from .backends import available_backends, create_backend
 from .export import (
     ENCODE_OUTPUTS,
     PER_FRAME_OUTPUTS,
@@ -18,15 +23,29 @@ from .export import (
     export_programs,
     static_shape_problems,
 )
+from .streaming import (
+    ENCODINGS,
+    ReferenceCache,
+    SegmentationResult,
+    StreamingConfig,
+    StreamingSegmenter,
+)
 
 __all__ = [
     "ENCODE_OUTPUTS",
+    "ENCODINGS",
     "PER_FRAME_OUTPUTS",
     "TEMPORAL_INPUTS",
     "TEMPORAL_OUTPUTS",
     "EncodeFrameProgram",
+    "ReferenceCache",
+    "SegmentationResult",
+    "StreamingConfig",
+    "StreamingSegmenter",
     "TemporalStepProgram",
     "assert_static",
+    "available_backends",
+    "create_backend",
     "encode_output_names",
     "example_inputs",
     "export_programs",
