@@ -2,7 +2,8 @@
 
 Static branch (per frame, run once and cached):
     backbone -> SegFormer head -> fused F4 ``(B, E, H/4, W/4)``;  X = avgpool2(F4) at 1/8;
-    A = SSEA(X, per-level maps);  S = X + A;  static logits P = classifier(F4 + up2(A)).
+    A = SSEA(X, per-level maps);  S = X + A;  static logits P = classifier(F4) + up2(W_classifier A)
+    (= classifier(F4 + up2(A)), the classifier's dropout acting on F4 only).
 Temporal step (target frame, cached references):
     D = DSSA(S, ...refs)  (coarse selective + fine window attention, difference-gated);
     temporal logits T = P + up2(temporal_classifier(D)).
@@ -158,13 +159,16 @@ class SDCPC(nn.Module):
         levels = self.decode_head.project(self.backbone(x))
         fused = self.decode_head.fuse(levels)
         features = F.avg_pool2d(fused, 2)
+        logits = self.decode_head.classify(fused)
         kv = None
         if self.config.temporal:
             aligned = self.ssea(features, levels)
             features = features + aligned
-            fused = fused + F.interpolate(aligned, size=fused.shape[-2:], mode="bilinear", align_corners=False)
+            # classifier(F4 + up2(A)) computed as classifier(F4) + up2(W A): the 1x1 classifier and the
+            # bilinear upsampling commute, and upsampling K class maps is far cheaper than E features.
+            correction = F.conv2d(aligned, self.decode_head.classifier.weight)
+            logits = logits + F.interpolate(correction, size=logits.shape[-2:], mode="bilinear", align_corners=False)
             kv = self.dssa.fine.project_kv(features)
-        logits = self.decode_head.classify(fused)
         probs = F.avg_pool2d(logits.detach().softmax(dim=1), 8)
         logits = logits[..., : ceil_div(h0, 4), : ceil_div(w0, 4)]
         return FrameCache(features, kv, F.avg_pool2d(features, 4), probs, logits)
