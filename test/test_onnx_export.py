@@ -276,7 +276,7 @@ def test_backend_gives_the_eager_labels(exported, checkpoint, model, tmp_path, m
         with torch.no_grad():
             expected = model.temporal_step(eager[target], eager[target - REFS:target])
         _assert_close_labels(expected, got)
-    with pytest.raises(ValueError, match=f"exported for {REFS} reference"):
+    with pytest.raises(ValueError, match=f"built for {REFS} reference"):
         backend.temporal(caches[-1], caches[:1])
     with pytest.raises(ValueError, match="shape"):
         backend.encode(torch.zeros(1, 3, 32, 32))

@@ -16,6 +16,7 @@ from typing import Sequence
 import torch
 
 from ..models.sdcpc import SDCPC, FrameCache
+from .export import encode_output_names
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -49,6 +50,25 @@ class Backend(ABC):
     @property
     def is_temporal(self) -> bool:
         return self.model.is_temporal
+
+    def frame_cache(self, outputs: Sequence[torch.Tensor]) -> FrameCache:
+        """The ``FrameCache`` of an encode program's outputs (per-frame models give only logits)."""
+        values = dict(zip(encode_output_names(self.model), outputs))
+        return FrameCache(values.get("features"), values.get("kv"), values.get("coarse"), values.get("probs"),
+                          values["logits"])
+
+    def check_temporal_call(self, current: FrameCache, refs: Sequence[FrameCache], fixed_refs: bool) -> None:
+        """Refuses a temporal call without static logits, without references or, for back ends built
+        for ``num_refs`` references (``fixed_refs``), with another count."""
+        if current.logits is None:
+            raise ValueError("temporal needs the current frame's static logits; pass the FrameCache returned by "
+                             "encode, not one stripped by without_logits()")
+        if fixed_refs and len(refs) != self.num_refs:
+            raise ValueError(f"the {self.name} backend was built for {self.num_refs} reference(s), got {len(refs)}; "
+                             f"pass exactly {self.num_refs} (duplicate frames at a cold start)")
+        if len(refs) == 0:
+            raise ValueError("temporal needs at least one reference FrameCache (duplicate the current frame at a "
+                             "cold start)")
 
     @abstractmethod
     def encode(self, image: torch.Tensor) -> FrameCache:

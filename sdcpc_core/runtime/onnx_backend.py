@@ -34,7 +34,7 @@ import torch
 
 from ..models.sdcpc import SDCPC, FrameCache, stack_references
 from .backends import Backend
-from .export import TEMPORAL_INPUTS, encode_output_names
+from .export import TEMPORAL_INPUTS
 from .onnx_export import OPSET, export_onnx, manifest_problems, model_sha256, read_manifest
 
 
@@ -75,7 +75,6 @@ class OnnxRuntimeBackend(Backend):
         self.checkpoint_sha256 = checkpoint_sha256
         self.model_hash = checkpoint_sha256 or model_sha256(self.model)
         self.cache_key = onnx_cache_key(self.model_hash, self.input_size, num_refs, opset)
-        self.encode_names = encode_output_names(self.model)
         if cache_dir is None:
             with tempfile.TemporaryDirectory(prefix="sdcpc-onnx-") as folder:
                 self.manifest = self._export(Path(folder))
@@ -177,20 +176,13 @@ class OnnxRuntimeBackend(Backend):
     def encode(self, image: torch.Tensor) -> FrameCache:
         """Normalised image ``(1, 3, H, W)`` -> the frame's ``FrameCache`` (per-frame models: logits only)."""
         self._check_image(image)
-        outputs = dict(zip(self.encode_names, self._run("encode", self._encode_session, {"image": image})))
-        return FrameCache(outputs.get("features"), outputs.get("kv"), outputs.get("coarse"),
-                          outputs.get("probs"), outputs["logits"])
+        return self.frame_cache(self._run("encode", self._encode_session, {"image": image}))
 
     def temporal(self, current: FrameCache, refs: Sequence[FrameCache]) -> torch.Tensor:
         """Logits ``(1, K, ceil(H/4), ceil(W/4))`` of ``current`` given ``num_refs`` references (oldest first)."""
-        if current.logits is None:
-            raise ValueError("temporal needs the current frame's static logits; pass the FrameCache returned by "
-                             "encode, not one stripped by without_logits()")
+        self.check_temporal_call(current, refs, fixed_refs=self.is_temporal)
         if not self.is_temporal:
             return current.logits
-        if len(refs) != self.num_refs:
-            raise ValueError(f"the onnxruntime backend was exported for {self.num_refs} reference(s), got "
-                             f"{len(refs)}; pass exactly {self.num_refs} (duplicate frames at a cold start)")
         ref_kv, ref_coarse, ref_probs = stack_references(refs)
         values = (current.features, current.coarse, current.probs, current.logits, ref_kv, ref_coarse, ref_probs)
         return self._run("temporal", self._temporal_session, dict(zip(TEMPORAL_INPUTS, values)))[0]

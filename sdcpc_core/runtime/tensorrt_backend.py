@@ -39,7 +39,7 @@ import torch
 
 from ..models.sdcpc import SDCPC, FrameCache, stack_references
 from .backends import PRECISIONS, Backend
-from .export import encode_output_names, example_inputs, export_programs
+from .export import example_inputs, export_programs
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +178,6 @@ class TensorRTBackend(Backend):
                                           self.environment["torch_tensorrt_version"])
         self.cache = (EngineCache(cache_dir, saver or torch_tensorrt_saver, loader or torch_tensorrt_loader)
                       if cache_dir is not None else None)
-        self.encode_names = encode_output_names(self.model)
         self.model.to(self.device)  # fp32 weights: TensorRT casts inside the engine
         self._programs = self._build_all()
 
@@ -218,20 +217,13 @@ class TensorRTBackend(Backend):
             outputs = self._programs["encode"](self._input(image))
         if isinstance(outputs, torch.Tensor):
             outputs = (outputs,)
-        values = dict(zip(self.encode_names, outputs))
-        return FrameCache(values.get("features"), values.get("kv"), values.get("coarse"), values.get("probs"),
-                          values["logits"])
+        return self.frame_cache(outputs)
 
     def temporal(self, current: FrameCache, refs: Sequence[FrameCache]) -> torch.Tensor:
         """Logits ``(1, K, ceil(H/4), ceil(W/4))`` of ``current`` given ``num_refs`` references (oldest first)."""
-        if current.logits is None:
-            raise ValueError("temporal needs the current frame's static logits; pass the FrameCache returned by "
-                             "encode, not one stripped by without_logits()")
+        self.check_temporal_call(current, refs, fixed_refs=self.is_temporal)
         if not self.is_temporal:
             return current.logits
-        if len(refs) != self.num_refs:
-            raise ValueError(f"the tensorrt backend was built for {self.num_refs} reference(s), got {len(refs)}; "
-                             f"pass exactly {self.num_refs} (duplicate frames at a cold start)")
         ref_kv, ref_coarse, ref_probs = stack_references(refs)
         values = (current.features, current.coarse, current.probs, current.logits, ref_kv, ref_coarse, ref_probs)
         with torch.inference_mode():

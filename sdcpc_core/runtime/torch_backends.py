@@ -17,7 +17,7 @@ import torch
 
 from ..models.sdcpc import SDCPC, FrameCache, stack_references
 from .backends import Backend
-from .export import EncodeFrameProgram, TemporalStepProgram, encode_output_names
+from .export import EncodeFrameProgram, TemporalStepProgram
 
 
 class _TorchBackend(Backend):
@@ -74,7 +74,6 @@ class CompileBackend(_TorchBackend):
         super().__init__(model, input_size, device, precision, num_refs)
         self.mode = mode
         self.compiler = compiler
-        self.output_names = encode_output_names(self.model)
         self._encode_program = None
         self._temporal_program = None
 
@@ -86,20 +85,14 @@ class CompileBackend(_TorchBackend):
         if self._encode_program is None:
             self._encode_program = self._compile(EncodeFrameProgram(self.model))
         with torch.inference_mode():
-            outputs = dict(zip(self.output_names, self._encode_program(self._cast(image))))
-        return FrameCache(outputs.get("features"), outputs.get("kv"), outputs.get("coarse"),
-                          outputs.get("probs"), outputs["logits"])
+            outputs = self._encode_program(self._cast(image))
+        return self.frame_cache(outputs)
 
     def temporal(self, current: FrameCache, refs: Sequence[FrameCache]) -> torch.Tensor:
         """Logits ``(1, K, ceil(H/4), ceil(W/4))`` of ``current`` given references (oldest first)."""
-        if current.logits is None:
-            raise ValueError("temporal needs the current frame's static logits; pass the FrameCache returned by "
-                             "encode, not one stripped by without_logits()")
+        self.check_temporal_call(current, refs, fixed_refs=False)
         if not self.is_temporal:
             return current.logits
-        if len(refs) == 0:
-            raise ValueError("temporal needs at least one reference FrameCache (duplicate the current frame at a "
-                             "cold start)")
         if self._temporal_program is None:
             self._temporal_program = self._compile(TemporalStepProgram(self.model))
         current = self._cast_cache(current)
