@@ -44,8 +44,9 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
+
+from worker import run_worker  # bench/worker.py: this folder is on sys.path when run as a script
 
 CASES = {  # name -> (sdcpc variant, segformer variant, (height, width), classes)
     "b0": ("sdcpc_b0", "segformer_b0", (512, 1024), 19),
@@ -124,17 +125,7 @@ def _worker(args, device):
 
 
 def _run_worker(case, kinds, backend, argv, device):
-    cmd = [sys.executable, os.path.abspath(__file__), *argv, "--device", device, "--worker", case, ",".join(kinds),
-           backend]
-    env = dict(os.environ)
-    repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (repo_root, env.get("PYTHONPATH")) if p)
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
-        return {"error": tail}
-    return json.loads(lines[-1])
+    return run_worker(__file__, [*argv, "--device", device, "--worker", case, ",".join(kinds), backend])
 
 
 def _run_case(case, backend, argv, device, args):

@@ -59,9 +59,10 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
+
+from worker import run_worker  # bench/worker.py: this folder is on sys.path when run as a script
 
 METHODS = ("window", "dense", "sdpa")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -205,18 +206,8 @@ def _worker(args):
 
 
 def _run_case(method, device, argv, args):
-    cmd = [sys.executable, os.path.abspath(__file__), *argv, "--worker", method, device]
-    env = dict(os.environ)
-    repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (repo_root, env.get("PYTHONPATH")) if p)
-    if args.mmap_threshold is not None:
-        env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
-        return {"error": tail}
-    return json.loads(lines[-1])
+    extra_env = {} if args.mmap_threshold is None else {"MALLOC_MMAP_THRESHOLD_": str(args.mmap_threshold)}
+    return run_worker(__file__, [*argv, "--worker", method, device], extra_env)
 
 
 def _ratio(a, b):

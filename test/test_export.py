@@ -41,15 +41,6 @@ def _images(count: int, seed: int = 1) -> list[torch.Tensor]:
     return [torch.randn(1, 3, HEIGHT, WIDTH, generator=generator) for _ in range(count)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The eager runs are small; one thread avoids OpenMP stalls when other processes hold the cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module", params=["sdcpc_b0", "sdcpc_r101"])
 def exported(request):
     model = _temporal_model(request.param)

@@ -39,14 +39,6 @@ HEIGHT, WIDTH, CLASSES, REFS = 64, 96, 5, 3
 SIZE = f"{HEIGHT}x{WIDTH}"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def model():
     """Tiny SD-CPC whose temporal part matters (zero-initialised scales set at random); window 3 keeps

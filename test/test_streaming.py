@@ -28,15 +28,6 @@ PERIOD_NS = round(1e9 / 30)
 OFFSETS = (9, 6, 3)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small models; one thread avoids OpenMP stalls when other processes hold the cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _model(num_classes: int = CLASSES, variant: str = "sdcpc_b0", seed: int = 0):
     """A tiny model whose temporal part changes the output (zero-initialised scales set at random)."""
     torch.manual_seed(seed)

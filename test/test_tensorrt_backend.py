@@ -22,14 +22,6 @@ FAKE_ENVIRONMENT = {"gpu_name": "fake GPU", "tensorrt_version": "0.0", "torch_te
 HAS_TORCH_TENSORRT = importlib.util.find_spec("torch_tensorrt") is not None
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # ------------------------------------------------------------------------------- cache key
 def test_engine_cache_key_is_stable():
     # A fixed value: the key must not depend on the process (hash seeds) or the machine.

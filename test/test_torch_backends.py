@@ -17,15 +17,6 @@ SIZE = (64, 64)
 CLASSES = 5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small models; one thread avoids OpenMP stalls when other processes hold the cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _model(**overrides):
     """A tiny model whose temporal part changes the output (zero-initialised scales set at random)."""
     torch.manual_seed(0)
