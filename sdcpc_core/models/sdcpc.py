@@ -166,7 +166,7 @@ class SDCPC(nn.Module):
             features = features + aligned
             # classifier(F4 + up2(A)) computed as classifier(F4) + up2(W A): the 1x1 classifier and the
             # bilinear upsampling commute, and upsampling K class maps is far cheaper than E features.
-            correction = F.conv2d(aligned, self.decode_head.classifier.weight)
+            correction = self.decode_head.classify_residual(aligned)
             logits = logits + F.interpolate(correction, size=logits.shape[-2:], mode="bilinear", align_corners=False)
             kv = self.dssa.fine.project_kv(features)
         probs = F.avg_pool2d(logits.detach().softmax(dim=1), 8)
