@@ -77,7 +77,7 @@ def _randomise_temporal_scales(model: SDCPC, seed: int) -> None:
     """Non-zero values for the zero-initialised scales so that the temporal branch changes the output."""
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
-        for parameter in (model.ssea.gamma, model.dssa.gamma, model.dssa.gate.conv.weight):
+        for parameter in model.zero_initialised_scales():
             parameter.copy_(0.5 * torch.randn(parameter.shape, generator=generator))
 
 

@@ -31,7 +31,7 @@ def _temporal_model(variant: str) -> nn.Module:
     torch.manual_seed(0)
     model = build_model(variant, CLASSES, coarse_tokens=COARSE_TOKENS)
     with torch.no_grad():
-        for parameter in (model.ssea.gamma, model.dssa.gamma, model.dssa.gate.conv.weight, model.dssa.gate.conv.bias):
+        for parameter in (*model.zero_initialised_scales(), model.dssa.gate.conv.bias):
             parameter.normal_()
     return model.eval()
 

@@ -15,9 +15,8 @@ def randomise_temporal_scales(model, seed=0):
     """Makes the zero-initialised residual scales non-zero so that the temporal path matters."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        model.ssea.gamma.copy_(torch.randn(model.ssea.gamma.shape, generator=g))
-        model.dssa.gamma.copy_(torch.randn(model.dssa.gamma.shape, generator=g))
-        model.dssa.gate.conv.weight.copy_(torch.randn(model.dssa.gate.conv.weight.shape, generator=g))
+        for parameter in model.zero_initialised_scales():
+            parameter.copy_(torch.randn(parameter.shape, generator=g))
     return model
 
 

@@ -34,7 +34,7 @@ def _model(num_classes: int = CLASSES, variant: str = "sdcpc_b0", seed: int = 0)
     model = build_model(variant, num_classes, coarse_tokens=4)
     if model.is_temporal:
         with torch.no_grad():
-            for parameter in (model.ssea.gamma, model.dssa.gamma, model.dssa.gate.conv.weight):
+            for parameter in model.zero_initialised_scales():
                 parameter.normal_()
     return model.eval()
 

@@ -103,7 +103,7 @@ def model():
     torch.manual_seed(0)
     model = build_model("sdcpc_b0", CLASSES, coarse_tokens=4, window=3)
     with torch.no_grad():
-        for parameter in (model.ssea.gamma, model.dssa.gamma, model.dssa.gate.conv.weight):
+        for parameter in model.zero_initialised_scales():
             parameter.normal_()
     return model.eval()
 

@@ -22,7 +22,7 @@ def _model(**overrides):
     torch.manual_seed(0)
     model = build_model("sdcpc_b0", CLASSES, coarse_tokens=4, **overrides)
     with torch.no_grad():
-        for parameter in (model.ssea.gamma, model.dssa.gamma, model.dssa.gate.conv.weight):
+        for parameter in model.zero_initialised_scales():
             parameter.normal_()
     return model.eval()
 

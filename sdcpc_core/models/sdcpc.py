@@ -150,6 +150,13 @@ class SDCPC(nn.Module):
     def is_temporal(self) -> bool:
         return self.config.temporal
 
+    def zero_initialised_scales(self) -> list[nn.Parameter]:
+        """``ssea.gamma``, ``dssa.gamma`` and the difference gate's weight: zero at initialisation, they
+        make the temporal model start as its SegFormer (empty for the per-frame baselines)."""
+        if not self.config.temporal:
+            return []
+        return [self.ssea.gamma, self.dssa.gamma, self.dssa.gate.conv.weight]
+
     # ------------------------------------------------------------------ static branch
     def encode_frame(self, image: torch.Tensor) -> FrameCache:
         """Static branch for normalised images ``(B, 3, H, W)``, H, W >= 32 (padded to multiples of 32)."""

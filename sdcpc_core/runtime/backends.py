@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from ..models.sdcpc import SDCPC, FrameCache
+from ..models.sdcpc import SDCPC, FrameCache, stack_references
 from .export import encode_output_names
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -69,6 +69,11 @@ class Backend(ABC):
         if len(refs) == 0:
             raise ValueError("temporal needs at least one reference FrameCache (duplicate the current frame at a "
                              "cold start)")
+
+    @staticmethod
+    def temporal_inputs(current: FrameCache, refs: Sequence[FrameCache]) -> tuple[torch.Tensor, ...]:
+        """The temporal program's inputs, in ``TEMPORAL_INPUTS`` order (references stacked on dim 1)."""
+        return (current.features, current.coarse, current.probs, current.logits, *stack_references(refs))
 
     @abstractmethod
     def encode(self, image: torch.Tensor) -> FrameCache:

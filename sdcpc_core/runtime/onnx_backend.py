@@ -32,7 +32,7 @@ from typing import Sequence
 
 import torch
 
-from ..models.sdcpc import SDCPC, FrameCache, stack_references
+from ..models.sdcpc import SDCPC, FrameCache
 from .backends import Backend
 from .export import TEMPORAL_INPUTS
 from .onnx_export import OPSET, export_onnx, manifest_problems, model_sha256, read_manifest
@@ -183,9 +183,8 @@ class OnnxRuntimeBackend(Backend):
         self.check_temporal_call(current, refs, fixed_refs=self.is_temporal)
         if not self.is_temporal:
             return current.logits
-        ref_kv, ref_coarse, ref_probs = stack_references(refs)
-        values = (current.features, current.coarse, current.probs, current.logits, ref_kv, ref_coarse, ref_probs)
-        return self._run("temporal", self._temporal_session, dict(zip(TEMPORAL_INPUTS, values)))[0]
+        inputs = dict(zip(TEMPORAL_INPUTS, self.temporal_inputs(current, refs)))
+        return self._run("temporal", self._temporal_session, inputs)[0]
 
 
 def _as_numpy(tensor: torch.Tensor):

@@ -37,7 +37,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..models.sdcpc import SDCPC, FrameCache, stack_references
+from ..models.sdcpc import SDCPC, FrameCache
 from .backends import PRECISIONS, Backend
 from .export import example_inputs, export_programs
 
@@ -224,10 +224,8 @@ class TensorRTBackend(Backend):
         self.check_temporal_call(current, refs, fixed_refs=self.is_temporal)
         if not self.is_temporal:
             return current.logits
-        ref_kv, ref_coarse, ref_probs = stack_references(refs)
-        values = (current.features, current.coarse, current.probs, current.logits, ref_kv, ref_coarse, ref_probs)
         with torch.inference_mode():
-            out = self._programs["temporal"](*(self._input(v) for v in values))
+            out = self._programs["temporal"](*(self._input(v) for v in self.temporal_inputs(current, refs)))
         return out[0] if isinstance(out, (tuple, list)) else out
 
 

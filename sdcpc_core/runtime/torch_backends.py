@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from ..models.sdcpc import SDCPC, FrameCache, stack_references
+from ..models.sdcpc import SDCPC, FrameCache
 from .backends import Backend
 from .export import EncodeFrameProgram, TemporalStepProgram
 
@@ -95,11 +95,9 @@ class CompileBackend(_TorchBackend):
             return current.logits
         if self._temporal_program is None:
             self._temporal_program = self._compile(TemporalStepProgram(self.model))
-        current = self._cast_cache(current)
-        ref_kv, ref_coarse, ref_probs = stack_references([self._cast_cache(r) for r in refs])
+        inputs = self.temporal_inputs(self._cast_cache(current), [self._cast_cache(r) for r in refs])
         with torch.inference_mode():
-            return self._temporal_program(current.features, current.coarse, current.probs, current.logits,
-                                          ref_kv, ref_coarse, ref_probs)
+            return self._temporal_program(*inputs)
 
 
 __all__ = ["CompileBackend", "EagerBackend"]
