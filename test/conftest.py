@@ -2,6 +2,8 @@
 import pytest
 import torch
 
+from sdcpc_core.models import build_model
+
 
 @pytest.fixture(scope="session", autouse=True)
 def one_torch_thread():
@@ -11,3 +13,15 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def tiny_temporal_model():
+    """Tiny SD-CPC (5 classes) whose temporal part matters (zero-initialised scales set at random); window 3
+    keeps the temporal graph small (9 offsets) so exports stay quick."""
+    torch.manual_seed(0)
+    model = build_model("sdcpc_b0", 5, coarse_tokens=4, window=3)
+    with torch.no_grad():
+        for parameter in model.zero_initialised_scales():
+            parameter.normal_()
+    return model.eval()

@@ -22,7 +22,6 @@ onnxruntime = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper  # noqa: E402
 
 from sdcpc_core.checkpoints import save_weights  # noqa: E402
-from sdcpc_core.models import build_model  # noqa: E402
 from sdcpc_core.runtime import onnx_backend  # noqa: E402
 from sdcpc_core.runtime.backends import create_backend  # noqa: E402
 from sdcpc_core.runtime.export import ENCODE_OUTPUTS, TEMPORAL_INPUTS, TEMPORAL_OUTPUTS  # noqa: E402
@@ -40,15 +39,8 @@ SIZE = f"{HEIGHT}x{WIDTH}"
 
 
 @pytest.fixture(scope="module")
-def model():
-    """Tiny SD-CPC whose temporal part matters (zero-initialised scales set at random); window 3 keeps
-    the temporal graph small (9 offsets) so the export stays quick."""
-    torch.manual_seed(0)
-    model = build_model("sdcpc_b0", CLASSES, coarse_tokens=4, window=3)
-    with torch.no_grad():
-        for parameter in model.zero_initialised_scales():
-            parameter.normal_()
-    return model.eval()
+def model(tiny_temporal_model):
+    return tiny_temporal_model
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from sdcpc_core.models import build_model
 from sdcpc_core.runtime.tensorrt_backend import EngineCache, TensorRTBackend, engine_cache_key
 from sdcpc_core.tools.export import main as export_main
 
@@ -99,13 +98,8 @@ def test_engine_cache_leaves_nothing_when_saving_fails(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    model = build_model("sdcpc_b0", CLASSES, coarse_tokens=4, window=3)
-    with torch.no_grad():
-        for parameter in model.zero_initialised_scales():
-            parameter.normal_()
-    return model.eval()
+def model(tiny_temporal_model):
+    return tiny_temporal_model
 
 
 def test_backend_with_fake_engines_caches_and_rebuilds(model, tmp_path):
