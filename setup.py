@@ -91,6 +91,10 @@ setup(
         'opencv-python-headless',
         # palette PNG label maps (VSPW), which OpenCV expands to colours
         'Pillow',
+        # PNG plots in training, evaluation and bag reports
+        'matplotlib',
+        # rosbag2 reading and writing (mcap, sqlite3) without a ROS install; pure Python
+        'rosbags',
     ],
     extras_require={
         # ROS 2 (Kilted) as pip wheels, for machines without a ROS install
@@ -126,6 +130,12 @@ setup(
             'sdcpc-model-info = sdcpc_core.tools.model_info:main',
             'sdcpc-demo = sdcpc_core.demo:main',
             'sdcpc-export = sdcpc_core.tools.export:main',
+            'sdcpc-synth = sdcpc_core.tools.synth:main',
+            'sdcpc-train = sdcpc_core.tools.train:main',
+            'sdcpc-eval = sdcpc_core.tools.evaluate:main',
+            'sdcpc-bag = sdcpc_ros.bag.cli:main',
+            'segment_node = sdcpc_ros.segment_node:main',
+            'segment_lifecycle_node = sdcpc_ros.segment_node:lifecycle_main',
         ],
     },
 )

@@ -58,7 +58,9 @@ Semantics
 ``save_weights(model, path, metadata=None)`` writes our format atomically (a temporary file in the
 same folder, then ``os.replace``): the whole state dict (prototype buffers included) plus metadata
 ``format``, ``format_version``, ``config`` (JSON of the model config) and the user's entries (as strings).
-``load_model(path)`` builds the model from that embedded config and loads it strictly.
+``load_model(path)`` builds the model from that embedded config and loads it strictly. By convention
+the metadata key ``classes`` holds the model's class list (``ClassList.to_json``); ``read_class_list``
+returns it.
 """
 from __future__ import annotations
 
@@ -75,6 +77,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from .classes import ClassList
 from .models import SDCPC, SDCPCConfig
 from .models.mit import MIT_SPECS
 
@@ -610,4 +613,21 @@ def load_model(path: str | os.PathLike, *, map_location: str | torch.device = "c
     return model.to(map_location).eval()
 
 
-__all__ = ["ACCEPTED_FORMATS", "CheckpointError", "LoadReport", "load_model", "load_weights", "save_weights"]
+def read_class_list(path: str | os.PathLike) -> ClassList | None:
+    """The class list stored in an sdcpc checkpoint's metadata (key ``classes``), or None without one."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {file}")
+    if _sniff(file) != "safetensors":
+        return None
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+    except Exception as error:  # safetensors raises its own error types
+        raise ValueError(f"{file} is not a readable safetensors file ({error})") from None
+    text = metadata.get("classes")
+    return None if text is None else ClassList.from_json(text, f"{file} (metadata 'classes')")
+
+
+__all__ = ["ACCEPTED_FORMATS", "CheckpointError", "LoadReport", "load_model", "load_weights", "read_class_list",
+           "save_weights"]

@@ -23,15 +23,13 @@ import sys
 import numpy as np
 import torch
 
+from .classes import ClassList
 from .models import build_model, list_models
 from .models.sdcpc import SDCPC
 from .runtime.streaming import StreamingSegmenter
 from .tools.cli import at_least, image_size, variant
 
-CITYSCAPES_CLASSES = (
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
-    "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
-)
+CITYSCAPES_CLASSES = tuple(ClassList.shipped("cityscapes").names)
 REFERENCE_OFFSETS = (9, 6, 3)  # frames before the target, farthest first
 FRAME_PERIOD_NS = 33_333_333  # 30 Hz
 

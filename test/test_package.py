@@ -108,9 +108,6 @@ def test_colcon_build(tmp_path):
         'share/sdcpc_ros/launch/segment.launch.py',
         'share/sdcpc_ros/launch/two_cameras.launch.py',
         'share/sdcpc_ros/config/segment.yaml',
-        'share/sdcpc_ros/config/classes/cityscapes.yaml',
-        'share/sdcpc_ros/config/classes/camvid.yaml',
-        'share/sdcpc_ros/config/classes/vspw.yaml',
         'lib/sdcpc_ros/sdcpc-model-info',
         'lib/sdcpc_ros/sdcpc-demo',
     ):
@@ -122,6 +119,8 @@ def test_colcon_build(tmp_path):
     assert len(found) == 1, f'sdcpc_core not (or twice) in the install tree: {found}'
     site_packages = found[0].parent.parent
     assert (site_packages / 'sdcpc_ros' / '__init__.py').is_file()
+    for name in ('cityscapes', 'camvid', 'vspw'):  # class lists are package data of sdcpc_core
+        assert (site_packages / 'sdcpc_core' / 'assets' / 'classes' / f'{name}.yaml').is_file()
 
     # Import the installed copy, not the repository's: run from an empty folder
     # with only the install tree on PYTHONPATH.
