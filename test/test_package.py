@@ -208,13 +208,13 @@ def test_segment_params():
         if isinstance(value, list):
             assert value and len({type(v) for v in value}) == 1, key
     cityscapes = {c['name'] for c in yaml.safe_load(
-        (ROOT / 'config' / 'classes' / 'cityscapes.yaml').read_text())['classes']}
+        (ROOT / 'sdcpc_core' / 'assets' / 'classes' / 'cityscapes.yaml').read_text())['classes']}
     assert set(params['dynamic_classes']) <= cityscapes
 
 
 @pytest.mark.parametrize('dataset', sorted(EXPECTED_CLASS_COUNTS))
 def test_class_files(dataset):
-    with open(ROOT / 'config' / 'classes' / f'{dataset}.yaml') as f:
+    with open(ROOT / 'sdcpc_core' / 'assets' / 'classes' / f'{dataset}.yaml') as f:
         classes = yaml.safe_load(f)['classes']
     assert len(classes) == EXPECTED_CLASS_COUNTS[dataset]
     assert [c['id'] for c in classes] == list(range(len(classes)))
