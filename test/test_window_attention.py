@@ -71,6 +71,22 @@ def test_matches_dense_oracle(B, R, h, d, H, W, window, dilation):
     torch.testing.assert_close(out, dense_oracle(q, k, v, window, dilation), atol=1e-10, rtol=0)
 
 
+@pytest.mark.parametrize("B,R,h,d,H,W,window,dilation", CASES)
+def test_inplace_and_plain_paths_agree(B, R, h, d, H, W, window, dilation):
+    """Eager CPU inference takes the in-place path, autograd the plain-op (exportable) one."""
+    from sdcpc_core.ops.window_attention import _use_inplace_path
+
+    q, k, v = _inputs(B, R, h, d, H, W)
+    with torch.no_grad():
+        assert _use_inplace_path(q, k, v)
+        fast = window_attention(q, k, v, window, dilation)
+    q.requires_grad_(True)
+    assert not _use_inplace_path(q, k, v)
+    plain = window_attention(q, k, v, window, dilation)
+    torch.testing.assert_close(fast, plain.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fast, dense_oracle(q.detach(), k, v, window, dilation), rtol=1e-10, atol=1e-10)
+
+
 def test_custom_scale():
     q, k, v = _inputs(1, 3, 2, 4, 6, 7)
     out = window_attention(q, k, v, 3, 2, scale=0.7)
