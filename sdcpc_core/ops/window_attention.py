@@ -101,7 +101,9 @@ def window_attention(
 
     q_s = (q.to(acc_dtype) * scale).unsqueeze(1)  # (B, 1, h, d, H, W)
     if _use_inplace_path(q, k, v):
-        return _accumulate_inplace(q_s, k.to(acc_dtype), v.to(acc_dtype), regions).to(q.dtype)
+        # contiguous: projections of channels-last features arrive with W not innermost
+        k, v = k.to(acc_dtype).contiguous(), v.to(acc_dtype).contiguous()
+        return _accumulate_inplace(q_s.contiguous(), k, v, regions).to(q.dtype)
     logits = []
     for oy, ox, y0, y1, x0, x1 in regions:
         k_n = k[..., y0 + oy : y1 + oy, x0 + ox : x1 + ox]
