@@ -1,0 +1,351 @@
+"""The SD-CPC segment node (executable ``segment_node``) and its managed variant (``segment_lifecycle_node``).
+
+Topics (relative names: a namespace or a remapping moves them)::
+
+    image                      sensor_msgs/Image in (rgb8, bgr8, rgba8, bgra8, mono8)
+    image/compressed           sensor_msgs/CompressedImage in (jpeg, png), when use_compressed is true
+    camera_info                sensor_msgs/CameraInfo in (optional)
+    semantic_mask              sensor_msgs/Image, mono8 class ids (mono16 for more than 255 classes)
+    semantic_mask/color        sensor_msgs/Image, rgb8 class colours          (publish_color)
+    semantic_mask/confidence   sensor_msgs/Image, 32FC1 softmax probability   (publish_confidence)
+    semantic_mask/dynamic      sensor_msgs/Image, mono8, 255 on dynamic_classes (publish_dynamic)
+    semantic_mask/camera_info  sensor_msgs/CameraInfo scaled to the mask size
+    semantic_mask/classes      std_msgs/String, latched: the class list as JSON (id, name, color)
+    /diagnostics               diagnostic_msgs/DiagnosticArray at 1 Hz
+
+Every output carries the input image's header (stamp and frame_id). The optional outputs are
+computed only while someone subscribes to them. The class list is also the read-only parameter
+``classes``. The parameters are those of ``NodeConfig`` (``config/segment.yaml``); invalid values
+stop the node at start-up with the parameter's name and accepted values (exit status 2).
+
+``SegmentNode`` loads the model and subscribes when it is created. ``SegmentLifecycleNode`` is a
+managed node: ``configure`` loads the model and creates the publishers, ``activate`` subscribes,
+``deactivate`` unsubscribes, ``cleanup`` frees the model. Its parameters can be changed while it
+is unconfigured and apply at the next ``configure``.
+
+Only rclpy APIs available since ROS 2 Humble are used.
+"""
+from __future__ import annotations
+
+import sys
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.executors import ExternalShutdownException
+from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from std_msgs.msg import String
+
+from sdcpc_core.checkpoints import load_model, read_class_list
+from sdcpc_core.classes import ClassList
+from sdcpc_core.runtime.streaming import StreamingSegmenter, resolve_checkpoint
+
+from .diagnostics import NodeStats, diagnostic_status
+from .parameters import NodeConfig, ParameterError, declare_parameters, latched_qos, qos_profile, read_parameters
+from .pipeline import Outputs, SegmentPipeline
+
+NODE_NAME = "segment_node"
+LIFECYCLE_NODE_NAME = "segment_lifecycle_node"
+IMAGE_TOPIC = "image"
+COMPRESSED_TOPIC = "image/compressed"
+CAMERA_INFO_TOPIC = "camera_info"
+MASK_TOPIC = "semantic_mask"
+COLOR_TOPIC = "semantic_mask/color"
+CONFIDENCE_TOPIC = "semantic_mask/confidence"
+DYNAMIC_TOPIC = "semantic_mask/dynamic"
+MASK_INFO_TOPIC = "semantic_mask/camera_info"
+CLASSES_TOPIC = "semantic_mask/classes"
+DIAGNOSTICS_TOPIC = "/diagnostics"
+CLASSES_PARAMETER = "classes"
+DIAGNOSTICS_PERIOD_S = 1.0
+
+
+class StartupError(ValueError):
+    """The node cannot start with its parameters (model, device, class list); one sentence says why."""
+
+
+def load_segmenter(config: NodeConfig) -> tuple[StreamingSegmenter, ClassList]:
+    """The segmenter and class list that ``config`` asks for; ``StartupError`` naming the parameter at fault."""
+    _check_device(config.device)
+    try:
+        path = resolve_checkpoint(config.model)
+        model = load_model(path)
+    except (OSError, ValueError) as error:
+        raise StartupError(f"parameter 'model' ({config.model!r}): {error}") from None
+    try:
+        segmenter = StreamingSegmenter(
+            model, backend=config.backend, device=config.device, precision=config.precision,
+            input_size=config.input_size, reference_offsets=config.reference_offsets,
+            frame_period_s=config.frame_period_s, max_gap_s=config.max_gap_s,
+            output_resolution=config.output_resolution)
+    except (ValueError, ImportError, RuntimeError) as error:
+        raise StartupError(f"parameters backend ({config.backend}), device ({config.device}) and precision "
+                           f"({config.precision}): {error}") from None
+    try:
+        if config.class_palette_file:
+            classes, source = ClassList.load(config.class_palette_file), config.class_palette_file
+        else:
+            classes, source = read_class_list(path), str(path)
+            if classes is None:
+                classes = ClassList.generic(segmenter.num_classes)
+    except (OSError, ValueError) as error:
+        name = "class_palette_file" if config.class_palette_file else "model"
+        raise StartupError(f"parameter '{name}': {error}") from None
+    if len(classes) != segmenter.num_classes:
+        raise StartupError(f"parameter 'class_palette_file': the class list of {source} has {len(classes)} classes "
+                           f"but the model predicts {segmenter.num_classes}; give a list with "
+                           f"{segmenter.num_classes} classes")
+    return segmenter, classes
+
+
+def _check_device(device: str) -> None:
+    if device == "cpu":
+        return
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(device.partition(":")[2] or 0)
+    if index >= count:
+        raise StartupError(f"parameter 'device' is {device!r} but this machine has {count} usable CUDA device(s) "
+                           f"(torch {torch.__version__}); use cpu" + (f" or cuda:0..cuda:{count - 1}" if count else ""))
+
+
+class SegmentRuntime:
+    """What a configured node runs: the model, the publishers, the diagnostics timer; ``activate``
+    subscribes and starts the worker, ``deactivate`` undoes that, ``destroy`` frees everything."""
+
+    def __init__(self, node: Node, config: NodeConfig) -> None:
+        self.node = node
+        self.config = config
+        self.segmenter, self.classes = load_segmenter(config)
+        self.stats = NodeStats()
+        self.dynamic_ids = self._dynamic_ids()
+        output_qos = qos_profile(config.output_qos, config.output_qos_depth)
+
+        def optional(wanted: bool, topic: str):
+            return node.create_publisher(Image, topic, output_qos) if wanted else None
+
+        self.outputs = Outputs(
+            mask=node.create_publisher(Image, MASK_TOPIC, output_qos),
+            color=optional(config.publish_color, COLOR_TOPIC),
+            confidence=optional(config.publish_confidence, CONFIDENCE_TOPIC),
+            dynamic=optional(config.publish_dynamic, DYNAMIC_TOPIC),
+            camera_info=node.create_publisher(CameraInfo, MASK_INFO_TOPIC, output_qos))
+        self._classes_publisher = node.create_publisher(String, CLASSES_TOPIC, latched_qos())
+        self._classes_publisher.publish(String(data=self.classes.to_json()))
+        self._diagnostics_publisher = node.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
+        self._timer = node.create_timer(DIAGNOSTICS_PERIOD_S, self.publish_diagnostics)
+        self._status_name = f"{node.get_namespace().rstrip('/')}/{node.get_name()}: semantic segmentation"
+        self.pipeline: SegmentPipeline | None = None
+        self._subscriptions = []
+
+    def _dynamic_ids(self) -> list[int]:
+        if not self.config.publish_dynamic:
+            return []
+        names = self.classes.names
+        unknown = [name for name in self.config.dynamic_classes if name not in names]
+        if unknown:
+            self.node.get_logger().warning(
+                f"dynamic_classes {', '.join(unknown)} are not classes of this model and are ignored; its classes: "
+                f"{', '.join(names)}")
+        return [names.index(name) for name in self.config.dynamic_classes if name in names]
+
+    @property
+    def active(self) -> bool:
+        return self.pipeline is not None
+
+    def activate(self) -> None:
+        """Starts the worker and subscribes to the images and camera_info."""
+        if self.active:
+            return
+        config, node = self.config, self.node
+        self.pipeline = SegmentPipeline(
+            self.segmenter, self.classes, self.outputs, self.stats, node.get_logger(),
+            lambda: node.get_clock().now().nanoseconds, dynamic_ids=self.dynamic_ids,
+            compressed=config.use_compressed, max_pixels=config.max_image_pixels,
+            capacity=config.queue_size if config.process_every_frame else 1)
+        self.pipeline.start()
+        message_type, topic = (CompressedImage, COMPRESSED_TOPIC) if config.use_compressed else (Image, IMAGE_TOPIC)
+        self._subscriptions = [
+            node.create_subscription(message_type, topic, self.pipeline.submit,
+                                     qos_profile(config.input_qos, config.input_qos_depth)),
+            # best effort matches reliable and best-effort camera_info publishers alike
+            node.create_subscription(CameraInfo, CAMERA_INFO_TOPIC, self.pipeline.set_camera_info,
+                                     qos_profile("sensor_data", 1)),
+        ]
+        node.get_logger().info(
+            f"Segmenting {self._subscriptions[0].topic_name} with {config.model} ({len(self.classes)} classes, "
+            f"backend {config.backend}, device {config.device}, {config.precision}, input "
+            f"{config.input_height}x{config.input_width}).")
+
+    def deactivate(self) -> None:
+        """Unsubscribes and stops the worker; the temporal memory is cleared."""
+        for subscription in self._subscriptions:
+            self.node.destroy_subscription(subscription)
+        self._subscriptions = []
+        if self.pipeline is not None:
+            self.pipeline.stop()
+            self.pipeline = None
+            self.segmenter.reset("the node was deactivated")
+
+    def publish_diagnostics(self) -> None:
+        status = diagnostic_status(self.stats.snapshot(), self._status_name, self.config.device,
+                                   self.config.backend, self.active)
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.node.get_clock().now().to_msg()
+        self._diagnostics_publisher.publish(array)
+
+    def destroy(self) -> None:
+        """Deactivates, then releases the publishers, the timer and the model."""
+        self.deactivate()
+        node = self.node
+        node.destroy_timer(self._timer)
+        for publisher in (*vars(self.outputs).values(), self._classes_publisher, self._diagnostics_publisher):
+            if publisher is not None:
+                node.destroy_publisher(publisher)
+        device = self.segmenter.device
+        self.segmenter = None
+        if device.type == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+
+
+class _SegmentNodeBase:
+    """Shared by both node flavours: parameters, the ``classes`` parameter, the runtime."""
+
+    runtime: SegmentRuntime | None = None
+    _managed = False  # True: parameters stay writable between cleanup and configure
+    _writing_classes = False  # the node itself is setting the read-only 'classes' parameter
+
+    def _setup(self) -> NodeConfig:
+        config = declare_parameters(self, read_only=not self._managed)
+        self.declare_parameter(CLASSES_PARAMETER, "", ParameterDescriptor(
+            description="The model's class list as JSON (id, name, color); set by the node, read only.",
+            additional_constraints="read only"))
+        self.add_on_set_parameters_callback(self._on_set_parameters)  # after declaring: it guards 'classes'
+        return config
+
+    def _start(self, config: NodeConfig) -> None:
+        self.runtime = SegmentRuntime(self, config)
+        self._writing_classes = True
+        try:
+            self.set_parameters([Parameter(CLASSES_PARAMETER, value=self.runtime.classes.to_json())])
+        finally:
+            self._writing_classes = False
+
+    def _on_set_parameters(self, parameters) -> SetParametersResult:
+        names = {p.name for p in parameters}
+        if CLASSES_PARAMETER in names and not self._writing_classes:
+            return SetParametersResult(successful=False, reason=f"'{CLASSES_PARAMETER}' is set by the node")
+        names.discard(CLASSES_PARAMETER)
+        if not names:
+            return SetParametersResult(successful=True)
+        if self.runtime is not None:
+            return SetParametersResult(successful=False, reason="parameters apply when the node is configured; "
+                                                                "clean it up (lifecycle cleanup) first")
+        try:
+            read_parameters(self, parameters)
+        except ParameterError as error:
+            return SetParametersResult(successful=False, reason=str(error))
+        return SetParametersResult(successful=True)
+
+    def _free(self) -> None:
+        if self.runtime is not None:
+            self.runtime.destroy()
+            self.runtime = None
+
+
+class SegmentNode(_SegmentNodeBase, Node):
+    """The plain node: parameters are read, the model loaded and the image topic subscribed at creation.
+
+    Raises ``ParameterError`` / ``StartupError`` (after releasing the node) when it cannot start.
+    ``kwargs`` go to ``rclpy.node.Node`` (namespace, context, parameter_overrides, ...).
+    """
+
+    def __init__(self, node_name: str = NODE_NAME, **kwargs) -> None:
+        super().__init__(node_name, **kwargs)
+        try:
+            self._start(self._setup())
+            self.runtime.activate()
+        except (ParameterError, StartupError):
+            self.destroy_node()
+            raise
+
+    def destroy_node(self) -> None:
+        self._free()
+        super().destroy_node()
+
+
+class SegmentLifecycleNode(_SegmentNodeBase, LifecycleNode):
+    """The managed node: configure loads the model, activate subscribes, deactivate stops, cleanup frees."""
+
+    _managed = True
+
+    def __init__(self, node_name: str = LIFECYCLE_NODE_NAME, **kwargs) -> None:
+        super().__init__(node_name, **kwargs)
+        self._setup()
+
+    def on_configure(self, state) -> TransitionCallbackReturn:
+        try:
+            self._start(read_parameters(self))
+        except (ParameterError, StartupError) as error:
+            self.get_logger().error(f"Cannot configure: {error}")
+            return TransitionCallbackReturn.FAILURE
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state) -> TransitionCallbackReturn:
+        self.runtime.activate()
+        return super().on_activate(state)
+
+    def on_deactivate(self, state) -> TransitionCallbackReturn:
+        self.runtime.deactivate()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state) -> TransitionCallbackReturn:
+        self._free()
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state) -> TransitionCallbackReturn:
+        self._free()
+        return super().on_shutdown(state)
+
+    def destroy_node(self) -> None:
+        self._free()
+        super().destroy_node()
+
+
+def _run(node_class, args=None) -> int:
+    rclpy.init(args=args)
+    try:
+        try:
+            node = node_class()
+        except (ParameterError, StartupError) as error:
+            rclpy.logging.get_logger(node_class.__name__).fatal(f"Cannot start: {error}")
+            return 2
+        try:
+            rclpy.spin(node)
+        except (KeyboardInterrupt, ExternalShutdownException):
+            pass
+        finally:
+            node.destroy_node()
+    finally:
+        rclpy.try_shutdown()
+    return 0
+
+
+def main(args=None) -> int:
+    """Entry point of ``segment_node``."""
+    return _run(SegmentNode, args)
+
+
+def lifecycle_main(args=None) -> int:
+    """Entry point of ``segment_lifecycle_node``."""
+    return _run(SegmentLifecycleNode, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
