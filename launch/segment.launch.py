@@ -8,10 +8,12 @@ Usage::
 
 The node subscribes to ``image`` (``sensor_msgs/Image``), or to
 ``image/compressed`` (``sensor_msgs/CompressedImage``) when ``use_compressed``
-is true; both are remapped to ``image_topic``. Its outputs are relative names,
-so they end up under ``namespace``. Parameters come from ``params_file``
-(default: the installed ``config/segment.yaml``); ``backend``, ``device`` and
-``use_compressed`` given here override the file.
+is true; both are remapped to ``image_topic``. ``camera_info`` is remapped to
+``camera_info_topic``. Its outputs are relative names, so they end up under
+``namespace``. Parameters come from ``params_file`` (default: the installed
+``config/segment.yaml``); ``backend``, ``device`` and ``use_compressed`` given
+here override the file. ``managed:=true`` starts the lifecycle variant
+(``segment_lifecycle_node``), which waits for configure and activate.
 
 Only APIs available since ROS 2 Humble are used, so the file runs unchanged on
 Humble, Jazzy and Kilted.
@@ -19,7 +21,7 @@ Humble, Jazzy and Kilted.
 
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution, PythonExpression
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
@@ -29,6 +31,8 @@ PACKAGE = 'sdcpc_ros'
 
 def generate_launch_description():
     image_topic = LaunchConfiguration('image_topic')
+    camera_info_topic = LaunchConfiguration('camera_info_topic')
+    managed = LaunchConfiguration('managed')
     use_compressed = LaunchConfiguration('use_compressed')
     params_file = LaunchConfiguration('params_file')
     namespace = LaunchConfiguration('namespace')
@@ -41,6 +45,10 @@ def generate_launch_description():
             'image_topic', default_value='/camera/image_raw',
             description='Camera image topic (sensor_msgs/Image); with '
                         'use_compressed:=true its "/compressed" sibling is used.'),
+        DeclareLaunchArgument(
+            'camera_info_topic', default_value='/camera/camera_info',
+            description='sensor_msgs/CameraInfo of the camera; republished scaled to '
+                        'the mask size on semantic_mask/camera_info.'),
         DeclareLaunchArgument(
             'use_compressed', default_value='false', choices=['true', 'false'],
             description='Subscribe to sensor_msgs/CompressedImage on '
@@ -65,6 +73,10 @@ def generate_launch_description():
         DeclareLaunchArgument(
             'log_level', default_value='info',
             description='Logging level: debug, info, warn, error or fatal.'),
+        DeclareLaunchArgument(
+            'managed', default_value='false', choices=['true', 'false'],
+            description='Start the managed (lifecycle) node, which loads the model on '
+                        'configure and subscribes on activate.'),
     ]
 
     overrides = {
@@ -75,7 +87,8 @@ def generate_launch_description():
 
     node = Node(
         package=PACKAGE,
-        executable='segment_node',
+        executable=PythonExpression(
+            ["'segment_lifecycle_node' if '", managed, "' == 'true' else 'segment_node'"]),
         name='segment_node',
         namespace=namespace,
         output='screen',
@@ -84,6 +97,7 @@ def generate_launch_description():
         remappings=[
             ('image', image_topic),
             ('image/compressed', [image_topic, '/compressed']),
+            ('camera_info', camera_info_topic),
         ],
         arguments=['--ros-args', '--log-level', log_level],
     )

@@ -5,7 +5,8 @@ Usage::
     ros2 launch sdcpc_ros two_cameras.launch.py device:=cuda
 
 Includes segment.launch.py twice: namespace ``front`` reading
-``/front/image_raw`` and namespace ``rear`` reading ``/rear/image_raw``. The
+``/front/image_raw`` (and ``/front/camera_info``) and namespace ``rear``
+reading ``/rear/image_raw`` (and ``/rear/camera_info``). The
 outputs of each node are published under its namespace. Both nodes share the
 same parameters file (its ``/**`` key matches any namespace).
 """
@@ -18,13 +19,13 @@ from launch_ros.substitutions import FindPackageShare
 
 PACKAGE = 'sdcpc_ros'
 
-CAMERAS = (
-    ('front', '/front/image_raw'),
-    ('rear', '/rear/image_raw'),
+CAMERAS = (  # namespace, image topic, camera_info topic
+    ('front', '/front/image_raw', '/front/camera_info'),
+    ('rear', '/rear/image_raw', '/rear/camera_info'),
 )
 
 # Launch arguments passed through unchanged to every segment.launch.py.
-FORWARDED = ('params_file', 'backend', 'device', 'use_compressed', 'log_level')
+FORWARDED = ('params_file', 'backend', 'device', 'use_compressed', 'log_level', 'managed')
 
 
 def generate_launch_description():
@@ -47,15 +48,19 @@ def generate_launch_description():
         DeclareLaunchArgument(
             'log_level', default_value='info',
             description='Logging level of the nodes.'),
+        DeclareLaunchArgument(
+            'managed', default_value='false', choices=['true', 'false'],
+            description='Start the managed (lifecycle) nodes.'),
     ]
 
     segment_launch = PathJoinSubstitution(
         [FindPackageShare(PACKAGE), 'launch', 'segment.launch.py'])
 
     cameras = []
-    for namespace, image_topic in CAMERAS:
+    for namespace, image_topic, camera_info_topic in CAMERAS:
         launch_arguments = {name: LaunchConfiguration(name) for name in FORWARDED}
-        launch_arguments.update({'namespace': namespace, 'image_topic': image_topic})
+        launch_arguments.update({'namespace': namespace, 'image_topic': image_topic,
+                                 'camera_info_topic': camera_info_topic})
         # A scoped group keeps each include's launch configurations apart.
         cameras.append(GroupAction([
             IncludeLaunchDescription(

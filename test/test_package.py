@@ -3,9 +3,12 @@
 import ast
 import importlib.util
 import os
+import random
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -30,6 +33,8 @@ LAUNCH_ARGUMENTS = {
         'backend': 'eager',
         'device': 'cpu',
         'log_level': 'info',
+        'camera_info_topic': '/camera/camera_info',
+        'managed': 'false',
     },
     'two_cameras.launch.py': {
         'params_file': None,
@@ -37,6 +42,7 @@ LAUNCH_ARGUMENTS = {
         'device': 'cpu',
         'use_compressed': 'false',
         'log_level': 'info',
+        'managed': 'false',
     },
 }
 
@@ -80,12 +86,15 @@ def _copy_package(dest):
 # --------------------------------------------------------------------------- colcon
 
 
-def test_colcon_build(tmp_path):
+@pytest.fixture(scope='module')
+def colcon_install(tmp_path_factory):
+    """``colcon build`` of a copy of the package: (install base, package prefix, colcon output)."""
     if importlib.util.find_spec('colcon_core') is None or importlib.util.find_spec('colcon_ros') is None:
         reason = 'colcon-core / colcon-ros are not installed (pip install -e ".[test]")'
         print(reason)
         pytest.skip(reason)
 
+    tmp_path = tmp_path_factory.mktemp('colcon')
     src = tmp_path / 'src'
     _copy_package(src / PACKAGE)
     build, install, log = tmp_path / 'build', tmp_path / 'install', tmp_path / 'log'
@@ -98,10 +107,21 @@ def test_colcon_build(tmp_path):
            '--event-handlers', 'console_direct+']
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, timeout=600)
+    return install, install / PACKAGE, proc  # colcon's default isolated install layout
+
+
+def _site_packages(prefix):
+    # lib/python3.X/site-packages (or dist-packages with a Debian interpreter)
+    found = sorted(prefix.glob('lib*/python3*/*-packages/sdcpc_core/__init__.py'))
+    assert len(found) == 1, f'sdcpc_core not (or twice) in the install tree: {found}'
+    return found[0].parent.parent
+
+
+def test_colcon_build(colcon_install, tmp_path):
+    install, prefix, proc = colcon_install
     assert proc.returncode == 0, f'colcon build failed:\n{proc.stdout[-20000:]}'
     assert 'Finished <<< sdcpc_ros' in proc.stdout, proc.stdout[-5000:]
 
-    prefix = install / PACKAGE  # colcon's default isolated install layout
     for rel in (
         'share/ament_index/resource_index/packages/sdcpc_ros',
         'share/sdcpc_ros/package.xml',
@@ -110,14 +130,14 @@ def test_colcon_build(tmp_path):
         'share/sdcpc_ros/config/segment.yaml',
         'lib/sdcpc_ros/sdcpc-model-info',
         'lib/sdcpc_ros/sdcpc-demo',
+        'lib/sdcpc_ros/segment_node',
+        'lib/sdcpc_ros/segment_lifecycle_node',
     ):
         assert (prefix / rel).is_file(), f'{rel} is missing from the install tree'
     assert os.access(prefix / 'lib/sdcpc_ros/sdcpc-model-info', os.X_OK)
+    assert os.access(prefix / 'lib/sdcpc_ros/segment_node', os.X_OK)
 
-    # lib/python3.X/site-packages (or dist-packages with a Debian interpreter)
-    found = sorted(prefix.glob('lib*/python3*/*-packages/sdcpc_core/__init__.py'))
-    assert len(found) == 1, f'sdcpc_core not (or twice) in the install tree: {found}'
-    site_packages = found[0].parent.parent
+    site_packages = _site_packages(prefix)
     assert (site_packages / 'sdcpc_ros' / '__init__.py').is_file()
     for name in ('cityscapes', 'camvid', 'vspw'):  # class lists are package data of sdcpc_core
         assert (site_packages / 'sdcpc_core' / 'assets' / 'classes' / f'{name}.yaml').is_file()
@@ -136,6 +156,75 @@ def test_colcon_build(tmp_path):
     assert len(lines) == 2, probe.stdout
     for line in lines:
         assert Path(line).resolve().is_relative_to(install.resolve()), probe.stdout
+
+
+def _node_env(site_packages):
+    env = dict(os.environ)
+    env['PYTHONPATH'] = str(site_packages)  # the installed packages only
+    env['ROS_DOMAIN_ID'] = env.get('ROS_DOMAIN_ID') or str(random.SystemRandom().randint(1, 200))
+    env.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+    return env
+
+
+def test_installed_segment_node_runs(colcon_install, tiny_temporal_model, tmp_path):
+    """lib/sdcpc_ros/segment_node from the install tree: a clear error for an unknown model (exit
+    status 2), and with a real checkpoint it segments an image published here, then stops on SIGINT."""
+    rclpy = pytest.importorskip('rclpy', reason='rclpy (ROS 2) is not installed: pip install -e ".[ros]"')
+    from rclpy.context import Context
+    from rclpy.executors import SingleThreadedExecutor
+    from sensor_msgs.msg import Image
+
+    from sdcpc_core.checkpoints import save_weights
+
+    install, prefix, proc = colcon_install
+    assert proc.returncode == 0, f'colcon build failed:\n{proc.stdout[-20000:]}'
+    executable = prefix / 'lib' / PACKAGE / 'segment_node'
+    params_file = prefix / 'share' / PACKAGE / 'config' / 'segment.yaml'
+    env = _node_env(_site_packages(prefix))
+
+    refused = subprocess.run(
+        [str(executable), '--ros-args', '--params-file', str(params_file), '-p', 'model:=no_such_model'],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
+    assert refused.returncode == 2, refused.stdout
+    assert "parameter 'model' ('no_such_model'): unknown checkpoint name 'no_such_model'" in refused.stdout
+    assert 'Traceback' not in refused.stdout
+
+    checkpoint = tmp_path / 'tiny.safetensors'
+    save_weights(tiny_temporal_model, checkpoint)
+    namespace = f'/installed_{os.getpid()}'
+    node = subprocess.Popen(
+        [str(executable), '--ros-args', '--params-file', str(params_file), '-r', f'__ns:={namespace}',
+         '-p', f'model:={checkpoint}', '-p', 'input_height:=64', '-p', 'input_width:=96'],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    context = Context()
+    rclpy.init(context=context, domain_id=int(env['ROS_DOMAIN_ID']))
+    tester = rclpy.create_node('installed_node_tester', context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(tester)
+    masks = []
+    tester.create_subscription(Image, f'{namespace}/semantic_mask', masks.append, 10)
+    publisher = tester.create_publisher(Image, f'{namespace}/image', 10)
+    image = Image(height=48, width=80, encoding='rgb8', step=240, data=bytes(range(256)) * 45)
+    image.header.frame_id = 'camera'
+    try:
+        deadline = time.monotonic() + 90
+        while not masks and time.monotonic() < deadline and node.poll() is None:
+            image.header.stamp = tester.get_clock().now().to_msg()
+            publisher.publish(image)
+            executor.spin_once(timeout_sec=0.2)
+        node.send_signal(signal.SIGINT)
+        output, _ = node.communicate(timeout=30)
+    finally:
+        if node.poll() is None:
+            node.kill()
+        executor.shutdown()
+        tester.destroy_node()
+        rclpy.shutdown(context=context)
+    assert masks, f'no mask from the installed node:\n{output[-5000:]}'
+    assert (masks[0].height, masks[0].width, masks[0].encoding) == (48, 80, 'mono8')
+    assert masks[0].header.frame_id == 'camera'
+    assert node.returncode == 0, output[-5000:]
+    assert f'Segmenting {namespace}/image' in output
 
 
 # --------------------------------------------------------------------------- package.xml
@@ -210,6 +299,20 @@ def test_segment_params():
     cityscapes = {c['name'] for c in yaml.safe_load(
         (ROOT / 'sdcpc_core' / 'assets' / 'classes' / 'cityscapes.yaml').read_text())['classes']}
     assert set(params['dynamic_classes']) <= cityscapes
+
+
+def test_segment_params_are_the_node_defaults_and_commented():
+    pytest.importorskip('rclpy', reason='rclpy (ROS 2) is not installed: pip install -e ".[ros]"')
+    from sdcpc_ros.parameters import NodeConfig
+
+    text = (ROOT / 'config' / 'segment.yaml').read_text()
+    params = yaml.safe_load(text)['/**']['ros__parameters']
+    assert list(params) == NodeConfig.names()  # every parameter, in the node's order
+    assert NodeConfig(**params) == NodeConfig()  # valid, and the same as the node's defaults
+    lines = text.splitlines()
+    for index, line in enumerate(lines):
+        if line.startswith('    ') and not line.lstrip().startswith('#'):
+            assert lines[index - 1].lstrip().startswith('#'), f'no comment above {line.strip()!r}'
 
 
 @pytest.mark.parametrize('dataset', sorted(EXPECTED_CLASS_COUNTS))
