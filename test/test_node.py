@@ -133,6 +133,13 @@ def start(graph, checkpoint, node_class=SegmentNode, **params):
     return graph.add(node)
 
 
+def running(graph, checkpoint, **params):
+    """A started node, a probe on its semantic_mask and a connected publisher of its images."""
+    node = start(graph, checkpoint, **params)
+    masks = Probe(graph, Image, topic(node, "semantic_mask"))
+    return node, masks, image_publisher(graph, node)
+
+
 def topic(node, name: str) -> str:
     return f"{node.get_namespace()}/{name}"
 
@@ -349,9 +356,7 @@ def test_compressed_input_and_corrupt_jpeg(graph, checkpoint, diagnostics_probe)
 
 
 def test_segmentation_errors_are_counted_and_the_worker_goes_on(graph, checkpoint, diagnostics_probe):
-    node = start(graph, checkpoint)
-    masks = Probe(graph, Image, topic(node, "semantic_mask"))
-    publisher = image_publisher(graph, node)
+    node, masks, publisher = running(graph, checkpoint)
     segmenter = node.runtime.segmenter
     real_step = segmenter.step
     failures = iter([RuntimeError("out of memory")])
@@ -373,9 +378,7 @@ def test_segmentation_errors_are_counted_and_the_worker_goes_on(graph, checkpoin
 
 # ---------------------------------------------------------------------------------------- time and rates
 def test_stamp_going_backwards_resets_the_buffer(graph, checkpoint, diagnostics_probe):
-    node = start(graph, checkpoint)
-    masks = Probe(graph, Image, topic(node, "semantic_mask"))
-    publisher = image_publisher(graph, node)
+    node, masks, publisher = running(graph, checkpoint)
     stamps = [100 * 10**9 + i * PERIOD_NS for i in range(4)] + [50 * 10**9, 50 * 10**9 + PERIOD_NS]
     for index, stamp in enumerate(stamps):
         send_and_wait(publisher, masks, image_msg(scene(index), stamp_ns=stamp))
@@ -387,9 +390,7 @@ def test_stamp_going_backwards_resets_the_buffer(graph, checkpoint, diagnostics_
 
 
 def test_diagnostics_report_rates_latency_and_backend(graph, checkpoint, diagnostics_probe):
-    node = start(graph, checkpoint)
-    masks = Probe(graph, Image, topic(node, "semantic_mask"))
-    publisher = image_publisher(graph, node)
+    node, masks, publisher = running(graph, checkpoint)
     idle = diagnostics(graph, node, diagnostics_probe)
     assert idle["message"] == "waiting for images" and idle["backend"] == "eager" and idle["hardware_id"] == "cpu"
     for index in range(10):
@@ -440,9 +441,7 @@ def taken_first(node) -> None:
 
 def test_busy_worker_keeps_only_the_newest_frame(graph, checkpoint, slow_model):
     slow_model[0] = 0.3
-    node = start(graph, checkpoint)
-    masks = Probe(graph, Image, topic(node, "semantic_mask"))
-    publisher = image_publisher(graph, node)
+    node, masks, publisher = running(graph, checkpoint)
     stamps = [10**9 * (1 + i) // 30 for i in range(6)]
     publisher.publish(image_msg(scene(), stamp_ns=stamps[0]))
     taken_first(node)
@@ -457,9 +456,7 @@ def test_busy_worker_keeps_only_the_newest_frame(graph, checkpoint, slow_model):
 
 def test_process_every_frame_queues_in_order(graph, checkpoint, slow_model):
     slow_model[0] = 0.05
-    node = start(graph, checkpoint, process_every_frame=True, queue_size=4, input_qos="reliable")
-    masks = Probe(graph, Image, topic(node, "semantic_mask"))
-    publisher = image_publisher(graph, node)
+    node, masks, publisher = running(graph, checkpoint, process_every_frame=True, queue_size=4, input_qos="reliable")
     stamps = [10**9 + i * PERIOD_NS for i in range(10)]
     publisher.publish(image_msg(scene(), stamp_ns=stamps[0]))
     taken_first(node)
