@@ -110,11 +110,12 @@ def wait_for(predicate, timeout: float = 10.0, what: str = "the condition") -> N
 
 @pytest.fixture(scope="module")
 def graph():
-    os.environ["ROS_DOMAIN_ID"] = str(random.SystemRandom().randint(1, 200))  # no cross-talk with other runs
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    graph = Graph()
-    yield graph
-    graph.close()
+    with pytest.MonkeyPatch.context() as patch:  # read by rclpy.init: no cross-talk with other runs
+        patch.setenv("ROS_DOMAIN_ID", str(random.SystemRandom().randint(1, 200)))
+        patch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+        graph = Graph()
+        yield graph
+        graph.close()
 
 
 @pytest.fixture(scope="module")
