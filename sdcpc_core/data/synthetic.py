@@ -50,6 +50,7 @@ import colorsys
 import contextlib
 import math
 import multiprocessing
+import numbers
 import os
 import shutil
 import time
@@ -229,9 +230,9 @@ class SyntheticConfig:
 def _coerce(name: str, value, default):
     """``value`` converted to the type of the field's ``default`` (int, float or a tuple of them)."""
     def number(item, like):
-        if isinstance(item, bool) or not isinstance(item, (int, float)):
+        if isinstance(item, bool) or not isinstance(item, numbers.Real):
             raise ValueError
-        if isinstance(like, int) and not isinstance(like, bool):
+        if isinstance(like, int):
             if int(item) != item:
                 raise ValueError
             return int(item)
@@ -654,7 +655,9 @@ class SyntheticDrive:
     """One synthetic video: ``len(drive)`` frames, random access with ``frame(i)``, camera order with ``iter``.
 
     ``frame(i)`` always returns the frame, even a dropped one (its ``corruptions`` then contain
-    ``"drop"``); iterating yields only the frames the camera delivered.
+    ``"drop"``); iterating yields only the frames the camera delivered. The camera is a distortion-free
+    pinhole: ``focal`` (pixels) and the principal point at the image centre, ``(W / 2 - 0.5, H / 2 - 0.5)``
+    in pixel-centre coordinates.
     """
 
     def __init__(self, config: SyntheticConfig = SyntheticConfig(), seed: int = 0):
@@ -730,9 +733,9 @@ class SyntheticDrive:
         c = self.config
         t = index / c.fps
         centre, rotation = self._world.camera(t, c)
-        ids, depth, factor, rays = self._background(centre, rotation, t)
+        ids, depth, factor, up = self._background(centre, rotation, t)
         materials = self._draw(ids, self._objects(centre, rotation, t), centre, rotation)
-        image = self._compose(ids, depth, factor, rays, materials, t)
+        image = self._compose(ids, depth, factor, up, materials, t)
         corruptions = self.corruptions(index)
         labels = np.take(np.concatenate([self._world.labels, materials.labels]), ids)
         return SyntheticFrame(index, self.stamp_ns(index), self._corrupt(image, index, corruptions), labels,
@@ -743,7 +746,8 @@ class SyntheticDrive:
 
         Returns ``ids`` (H, W) int32 background material per pixel, ``depth`` (H, W) float32 ray
         length to the hit (1e4 for the sky), ``factor`` (H, W) float32 brightness from texture and
-        shading, and the world ray directions ``(dx, dy, dz)``, each (H, W) float32.
+        shading (cloud cover in the sky) and ``up`` (H, W) float32, the upward component of each
+        pixel's ray (rays are ``(x, y, 1)`` in camera axes, not unit length).
         """
         c, w = self.config, self._world
         (r00, r01, r02), (r10, r11, r12), (r20, r21, r22) = rotation.tolist()
@@ -815,7 +819,7 @@ class SyntheticDrive:
             reach = w.frontage_x[w.sun_side] - w.sun_slope * np.take(w.cell_height, ground_cell + w.sun_side * w.cells)
             factor[g][ground_g & (across > reach)] *= 1 - c.shadow_strength
         factor[sky] = texture[sky]  # the sky's "factor" is its cloud texture
-        return ids, depth, factor, (dx, dy, dz)
+        return ids, depth, factor, dy
 
     def _markings(self, x: np.ndarray, z: np.ndarray, cell: np.ndarray) -> np.ndarray:
         """Lane lines (dashed between lanes of one direction, solid at the centre and the edges) and zebra crossings."""
@@ -996,7 +1000,7 @@ class SyntheticDrive:
         v = (c.height / 2 - 0.5 - self.focal * points[..., 1] / points[..., 2]) * unit
         return np.clip(np.stack([u, v], -1), -1e7, 1e7).astype(np.int32)
 
-    def _compose(self, ids, depth, factor, rays, materials, t: float) -> np.ndarray:
+    def _compose(self, ids, depth, factor, up, materials: _Materials, t: float) -> np.ndarray:
         """Materials, texture and shading -> ``(H, W, 3)`` float32 radiance, with sky, haze and the light at ``t``."""
         import cv2
 
@@ -1018,8 +1022,7 @@ class SyntheticDrive:
         light = light.tolist()
         rows = np.flatnonzero(sky.any(1))
         top = rows[-1] + 1 if len(rows) else 0
-        dx, dy, dz = (r[:top] for r in rays)
-        elevation = np.clip(dy * self._inverse_norm[:top] * 3, 0, 1)
+        elevation = np.clip(up[:top] * self._inverse_norm[:top] * 3, 0, 1)
         cover = np.clip((factor[:top] - 0.45) * 2.5, 0, 1) * (w.clouds * np.sqrt(np.sqrt(elevation)))
         shaded = factor * (1 - haze)
         channels = []
