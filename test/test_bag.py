@@ -285,6 +285,13 @@ def test_cli_synth_then_eval(tmp_path, capsys, checkpoint):
     code, _, err = _cli(capsys, "eval", tmp_path / "d.db3", "--model", checkpoint, "--input-size", "64x96",
                         "--storage", "sqlite3", "--no-progress")
     assert code == 2 and err.count("\n") == 1 and "already exists; pass --overwrite" in err
+    stale = tmp_path / "d_eval" / "report" / "stale.txt"
+    stale.write_text("from an earlier run")
+    code, out, err = _cli(capsys, "eval", tmp_path / "d.db3", "--model", checkpoint, "--input-size", "64x96",
+                          "--storage", "sqlite3", "--no-progress", "--overwrite")
+    assert code == 0, err
+    assert not stale.exists() and (tmp_path / "d_eval" / "report" / "report.json").is_file()
+    assert sorted(p.name for p in (tmp_path / "d_eval").iterdir()) == ["report", "semantic_mask.db3"]
 
 
 def test_cli_user_errors_are_one_sentence(tmp_path, capsys, drive_bag, checkpoint):

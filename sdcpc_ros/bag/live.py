@@ -8,7 +8,9 @@ segment node is the user's (subscribed to the bag's image topic, e.g. remapped w
    class list on ``<mask topic>/classes`` (or ``classes`` is given);
 2. plays the image (and camera_info) topics with their recorded timing (``rate``), noting when each
    frame went out, while recording every message on the mask topic with its arrival time;
-3. after the last frame, waits until every frame has its mask or no mask came for ``settle_s``;
+3. after the last frame, waits until every frame has its mask or no mask came for ``settle_s``, then
+   for the node's next ``/diagnostics`` status (1 Hz), whose totals (received, processed, dropped,
+   buffer resets, errors) go into the report;
 4. writes the recorded masks as the output bag (log time = arrival time, as ``ros2 bag record``),
    matches masks to frames and labels by header stamp and scores them like the offline mode.
 
@@ -27,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
@@ -46,6 +49,10 @@ from .scoring import EvalOutputs, EvalTopics, FrameMatcher, label_array, overlay
 __all__ = ["evaluate_live"]
 
 RECORD_DEPTH = 1000  # masks the recorder's subscription may hold before its callback takes them
+DIAGNOSTICS_TOPIC = "/diagnostics"
+STATUS_SUFFIX = ": semantic segmentation"  # the segment node's DiagnosticStatus name ends so
+DIAGNOSTIC_KEYS = ("received", "processed", "dropped", "buffer resets", "last reset", "errors", "bad messages")
+DIAGNOSTICS_WAIT_S = 2.5  # the node publishes /diagnostics at 1 Hz
 _POLL_S = 0.05
 
 
@@ -58,6 +65,8 @@ class _Recorder:
         self.masks: dict[int, tuple[float, int, bytes]] = {}
         self.last_arrival = 0.0
         self.classes: str | None = None
+        self.diagnostics: dict[str, str] = {}  # the node's latest status values
+        self.diagnostics_arrival = 0.0
 
     def on_mask(self, raw: bytes) -> None:
         arrival, wall = time.perf_counter(), time.time_ns()
@@ -68,6 +77,18 @@ class _Recorder:
 
     def on_classes(self, message: String) -> None:
         self.classes = message.data
+
+    def on_diagnostics(self, message: DiagnosticArray) -> None:
+        for status in message.status:
+            if status.name.endswith(STATUS_SUFFIX):
+                self.diagnostics = {value.key: value.value for value in status.values}
+                self.diagnostics_arrival = time.perf_counter()
+
+    def node_totals(self) -> str:
+        """The node's own counters from its last diagnostics, e.g. ``received 296, processed 66, ...``."""
+        if not self.diagnostics:
+            return f"none received on {DIAGNOSTICS_TOPIC}"
+        return ", ".join(f"{key} {self.diagnostics[key] or '-'}" for key in DIAGNOSTIC_KEYS if key in self.diagnostics)
 
     def count(self, stamps) -> int:
         with self._lock:
@@ -123,6 +144,7 @@ def evaluate_live(bag_path: str | Path, outputs: EvalOutputs, *, image_topic: st
                                   reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
             mask_subscription = node.create_subscription(Image, mask_topic, recorder.on_mask, reliable, raw=True)
             node.create_subscription(String, f"{mask_topic}/classes", recorder.on_classes, latched_qos())
+            node.create_subscription(DiagnosticArray, DIAGNOSTICS_TOPIC, recorder.on_diagnostics, 10)
             player = BagPlayer(node, reader, [t for t in (topics.image, topics.camera_info) if t])
             _await_node(player, topics.image, topics.compressed, mask_subscription, mask_topic, recorder, classes is None,
                         wait_s, alive)
@@ -132,17 +154,20 @@ def evaluate_live(bag_path: str | Path, outputs: EvalOutputs, *, image_topic: st
             _wait(lambda: recorder.count(order) == len(order) or time.perf_counter() - max(
                 recorder.last_arrival, played[order[-1]] if order else 0.0) > settle_s, settle_s + result.seconds,
                 alive)
+            settled = time.perf_counter()
+            _wait(lambda: recorder.diagnostics_arrival > settled, DIAGNOSTICS_WAIT_S, alive)
         echo(result.summary_line())
         with BagWriter(outputs.bag, storage=storage, distro=distro, overwrite=overwrite) as bag:
             connection = bag.add_topic(mask_topic, IMAGE_TYPE)
             for _, wall, raw in sorted(recorder.masks.values()):
                 bag.write(connection, wall, raw)
-        report = _score(reader, topics, recorder, played, order, classes, bag_path, consistency_mode, num_overlays,
+        run = {"mode": f"live (played at rate {rate:g} to a running segment node, masks recorded from {mask_topic})",
+               "bag": str(bag_path), "output_bag": f"{outputs.bag} ({mask_topic} as recorded)", "settle_s": settle_s,
+               "masks_without_frame": len(set(recorder.masks) - set(played)),
+               "buffer_resets": recorder.diagnostics.get("buffer resets", "unknown (no diagnostics from the node)"),
+               "node_diagnostics": f"{recorder.node_totals()} (the node's totals since its start)"}
+        report = _score(reader, topics, recorder, played, order, classes, run, consistency_mode, num_overlays,
                         progress)
-    report.info.update({
-        "mode": f"live (played at rate {rate:g} to a running segment node, masks recorded from {mask_topic})",
-        "output_bag": f"{outputs.bag} ({mask_topic} as recorded)", "settle_s": settle_s,
-        "masks_without_frame": len(set(recorder.masks) - set(played))})
     write_report(report, outputs.report, overwrite=overwrite)
     return BagEvaluation(report, outputs.report, outputs.bag, len(order), report.info["frames_segmented"],
                          result.seconds)
@@ -165,11 +190,12 @@ def _await_node(player: BagPlayer, image_topic: str, compressed: bool, mask_subs
 
 
 def _score(reader: BagReader, topics: EvalTopics, recorder: _Recorder, played: dict[int, float], order: list[int],
-           classes: ClassList, bag_path: Path, consistency_mode: str, num_overlays: int, progress: bool):
-    """Reads the played frames and labels again and scores the recorded masks against them."""
+           classes: ClassList, run: dict, consistency_mode: str, num_overlays: int, progress: bool):
+    """Reads the played frames and labels again and scores the recorded masks against them (``run``: the
+    report's first info entries)."""
     from tqdm.auto import tqdm
 
-    matcher = FrameMatcher(classes, bag_path.stem, consistency_mode, topics.label is not None)
+    matcher = FrameMatcher(classes, reader.path.stem, consistency_mode, topics.label is not None)
     slots = overlay_indices(len(order), num_overlays)
     latency: list[float] = []
     wanted = [t for t in (topics.image, topics.label) if t]
@@ -198,7 +224,6 @@ def _score(reader: BagReader, topics: EvalTopics, recorder: _Recorder, played: d
             index += 1
             bar.update(1)
     segmented = recorder.count(order)
-    info = {"bag": str(bag_path), "image_topic": f"{topics.image} ({topics.image_type})",
-            "label_topic": topics.label or "none", "frames_played": len(order), "frames_segmented": segmented,
-            "frames_dropped": len(order) - segmented}
-    return matcher.finish(f"segment node on {bag_path.name} (live)", {"end_to_end": latency}, info)
+    info = {**run, "image_topic": f"{topics.image} ({topics.image_type})", "label_topic": topics.label or "none",
+            "frames_played": len(order), "frames_segmented": segmented, "frames_dropped": len(order) - segmented}
+    return matcher.finish(f"segment node on {reader.path.name} (live)", {"end_to_end": latency}, info)

@@ -87,7 +87,10 @@ class EvalOutputs:
     def check(self, overwrite: bool) -> None:
         """``BagError`` if an output exists and ``overwrite`` is false (checked before any work is done)."""
         check_output(self.bag, overwrite, "output bag")
-        check_output(self.report, overwrite, "report folder")
+        if self.report.exists() and not overwrite:
+            raise BagError(f"report folder {self.report} already exists; pass --overwrite to replace it")
+        if self.report.exists() and not self.report.is_dir():
+            raise BagError(f"report path {self.report} exists and is not a folder; refusing to replace it")
 
 
 def label_array(message, topic: str) -> np.ndarray:

@@ -1,0 +1,101 @@
+"""The end-to-end demo, short: a synthetic bag played at real time into the real segment node (a subprocess),
+its masks recorded and scored; and the node process's start-up failure and clean stop.
+"""
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed: pip install -e '.[ros]'")
+
+from sdcpc_core.checkpoints import save_weights  # noqa: E402
+from sdcpc_core.data.synthetic import SYNTHETIC_CLASSES  # noqa: E402
+from sdcpc_core.models import build_model  # noqa: E402
+from sdcpc_ros import demo  # noqa: E402
+from sdcpc_ros.bag.io import BagReader  # noqa: E402
+from sdcpc_ros.image_codec import image_to_array  # noqa: E402
+from sdcpc_ros.pipeline import stamp_to_ns  # noqa: E402
+
+FRAMES = 20
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = build_model("sdcpc_b0", len(SYNTHETIC_CLASSES), coarse_tokens=4, window=3)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_weights(model, path, metadata={"classes": SYNTHETIC_CLASSES.to_json()})
+    return path
+
+
+def _env() -> dict:
+    return dict(os.environ, OMP_NUM_THREADS="1", ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+                PYTHONPATH=os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH")))))
+
+
+def _stamps(path: Path, topic: str) -> list[int]:
+    with BagReader(path) as reader:
+        return [stamp_to_ns(reader.deserialize(m).header.stamp) for m in reader.messages([topic])]
+
+
+def test_demo_plays_into_the_node_and_scores_its_masks(tmp_path, checkpoint):
+    out = tmp_path / "demo"
+    run = subprocess.run([sys.executable, "-m", "sdcpc_ros.demo", "--model", str(checkpoint), "--frames", str(FRAMES),
+                          "--size", "48x96", "--input-size", "64x96", "--out", str(out), "--consistency-mode",
+                          "corrected", "--no-progress"], capture_output=True, text=True, env=_env(), timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert f"demo summary: {FRAMES} frames played at rate 1 (real time)" in run.stdout
+    assert "dropped by the node" in run.stdout and "mVC8" in run.stdout and "latency p50" in run.stdout
+    report = json.loads((out / "report" / "report.json").read_text())
+    info = report["info"]
+    assert info["frames_played"] == FRAMES and info["frames_segmented"] + info["frames_dropped"] == FRAMES
+    assert info["frames_segmented"] >= 3 and report["frames_scored"] == info["frames_segmented"]
+    assert report["latency_ms"]["end_to_end"]["count"] == info["frames_segmented"]
+    masks = _stamps(out / "semantic_mask.mcap", "/semantic_mask")
+    played = _stamps(out / "drive.mcap", "/camera/image_raw")
+    assert len(masks) == info["frames_segmented"] and set(masks) <= set(played)
+    with BagReader(out / "semantic_mask.mcap") as reader:
+        mask = reader.deserialize(next(reader.messages(["/semantic_mask"])))
+        assert image_to_array(mask)[0].shape == (48, 96) and mask.encoding == "mono8"
+    dropped = [i for i, stamp in enumerate(played) if stamp not in set(masks)]
+    assert info["frames_without_mask"] == len(dropped)
+    assert {"report.md", "overlays.png", "per_frame.png", "latency.png"} <= {p.name for p in (out / "report").iterdir()}
+    assert "Segmenting /camera/image_raw" in (out / "node.log").read_text()
+
+
+def test_demo_without_its_model_says_so(tmp_path, capsys):
+    code = demo.main(["--model", "no_such_model", "--out", str(tmp_path / "demo")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "unknown checkpoint name 'no_such_model'" in err
+    assert not (tmp_path / "demo").exists()
+
+
+def _wait_exit(process, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def test_node_process_reports_a_failed_start_and_is_always_stopped(tmp_path, checkpoint, monkeypatch):
+    for key, value in _env().items():
+        monkeypatch.setenv(key, value)
+    domain = random.SystemRandom().randint(1, 200)
+    with pytest.raises(demo.NodeExitedError, match="segment_node exited with status 2.*parameter 'model'"):
+        with demo.NodeProcess(tmp_path / "missing.safetensors", (64, 96), domain, tmp_path / "bad.log") as node:
+            _wait_exit(node.process)
+            node.check()
+    log = tmp_path / "good.log"
+    with demo.NodeProcess(checkpoint, (64, 96), domain, log) as node:
+        deadline = time.monotonic() + 60.0
+        while "Segmenting" not in log.read_text() and time.monotonic() < deadline:
+            node.check()  # still running
+            time.sleep(0.1)
+        assert "Segmenting /camera/image_raw" in log.read_text()
+    assert node.process.returncode == 0  # stopped by SIGINT, cleanly
