@@ -106,6 +106,7 @@ setup(
             'ros-sensor-msgs',
             'ros-std-msgs',
             'ros-diagnostic-msgs',
+            'ros-rcl-interfaces',
             'ros-lifecycle-msgs',
             'ros-rmw-fastrtps-cpp',
             'ros-ament-index-python',

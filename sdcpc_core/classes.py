@@ -149,7 +149,8 @@ class ClassList:
     def generic(cls, num_classes: int) -> "ClassList":
         """``class_0 .. class_{n-1}`` with distinct colours, for checkpoints that carry no list."""
         colors = _distinct_colors(num_classes)
-        return cls(tuple(ClassInfo(i, f"class_{i}", colors[i]) for i in range(num_classes)))
+        ignore_id = 255 if num_classes <= 255 else 65535  # mono16 label images above 255 classes
+        return cls(tuple(ClassInfo(i, f"class_{i}", colors[i]) for i in range(num_classes)), ignore_id)
 
 
 def shipped_class_lists() -> list[str]:
