@@ -149,8 +149,8 @@ def run(args) -> int:
     print(f"  mIoU {numbers['mIoU']:.1f}  mVC8 {numbers['mVC8']:.1f} ({report.consistency_mode})  latency p50 "
           f"{latency.get('p50', float('nan')):.0f} ms  p95 {latency.get('p95', float('nan')):.0f} ms "
           "(frame published -> mask received)")
-    print(f"  outputs: {result.report_dir / 'report.md'}, {result.report_dir / 'overlays.png'}, {result.output_bag}, "
-          f"{drive.path}; {time.perf_counter() - began:.0f} s in all")
+    files = [result.report_dir / "report.md", result.report_dir / "overlays.png", result.output_bag, drive.path]
+    print(f"  outputs: {', '.join(str(f) for f in files if f.exists())}; {time.perf_counter() - began:.0f} s in all")
     return 0
 
 

@@ -276,7 +276,7 @@ def test_cli_synth_then_eval(tmp_path, capsys, checkpoint):
                         "--no-progress")
     assert code == 0 and "4 frames on /camera/image_raw/compressed" in out
     code, out, err = _cli(capsys, "eval", tmp_path / "d.db3", "--model", checkpoint, "--input-size", "64x96",
-                          "--consistency-mode", "corrected", "--storage", "sqlite3", "--no-progress")
+                          "--consistency-mode", "corrected", "--storage", "sqlite3", "--overlays", 0, "--no-progress")
     assert code == 0, err
     assert "4 of 4 frames segmented, 4 scored: mIoU" in out
     assert (tmp_path / "d_eval" / "report" / "report.json").is_file()
@@ -288,7 +288,7 @@ def test_cli_synth_then_eval(tmp_path, capsys, checkpoint):
     stale = tmp_path / "d_eval" / "report" / "stale.txt"
     stale.write_text("from an earlier run")
     code, out, err = _cli(capsys, "eval", tmp_path / "d.db3", "--model", checkpoint, "--input-size", "64x96",
-                          "--storage", "sqlite3", "--no-progress", "--overwrite")
+                          "--storage", "sqlite3", "--overlays", 0, "--no-progress", "--overwrite")
     assert code == 0, err
     assert not stale.exists() and (tmp_path / "d_eval" / "report" / "report.json").is_file()
     assert sorted(p.name for p in (tmp_path / "d_eval").iterdir()) == ["report", "semantic_mask.db3"]

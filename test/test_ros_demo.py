@@ -58,6 +58,7 @@ def test_demo_plays_into_the_node_and_scores_its_masks(tmp_path, checkpoint):
     assert info["frames_played"] == FRAMES and info["frames_segmented"] + info["frames_dropped"] == FRAMES
     assert info["frames_segmented"] >= 3 and report["frames_scored"] == info["frames_segmented"]
     assert report["latency_ms"]["end_to_end"]["count"] == info["frames_segmented"]
+    assert info["overlays"].startswith(f"{min(8, info['frames_segmented'])} frames")  # chosen among answered frames
     masks = _stamps(out / "semantic_mask.mcap", "/semantic_mask")
     played = _stamps(out / "drive.mcap", "/camera/image_raw")
     assert len(masks) == info["frames_segmented"] and set(masks) <= set(played)

@@ -196,7 +196,8 @@ def _score(reader: BagReader, topics: EvalTopics, recorder: _Recorder, played: d
     from tqdm.auto import tqdm
 
     matcher = FrameMatcher(classes, reader.path.stem, consistency_mode, topics.label is not None)
-    slots = overlay_indices(len(order), num_overlays)
+    answered = [index for index, stamp in enumerate(order) if stamp in recorder.masks]
+    slots = {answered[k] for k in overlay_indices(len(answered), num_overlays)}  # overlays of frames with masks
     latency: list[float] = []
     wanted = [t for t in (topics.image, topics.label) if t]
     index = 0
