@@ -268,7 +268,7 @@ class SyntheticFrame:
     corruptions: tuple[str, ...]  # names of the corruptions of this frame (see CORRUPTIONS)
 
 
-# --------------------------------------------------------------------------------- random helpers
+# --------------------------------------------------------------------------------- randomness
 def _rng(seed: int, *stream: int) -> np.random.Generator:
     """An independent generator per ``(seed, stream...)``: what one stream draws never shifts another."""
     return np.random.default_rng(np.random.SeedSequence([seed, *stream]))
