@@ -229,3 +229,10 @@ def test_selection_ties_stay_resolvable_for_large_maps():
     """3 references of a 1/32 map of 1080x1920 (34 x 60): every token gets a distinct float32 score."""
     scores = selection_scores(torch.full((1, 3, 34, 60), 0.999))
     assert scores.unique().numel() == scores.numel()
+
+
+def test_cli_size_multiple_matches_the_model():
+    from sdcpc_core.models.sdcpc import SIZE_MULTIPLE
+    from sdcpc_core.tools import cli
+
+    assert cli.SIZE_MULTIPLE == SIZE_MULTIPLE

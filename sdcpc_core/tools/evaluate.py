@@ -24,25 +24,14 @@ import sys
 from pathlib import Path
 
 from ..eval.metrics import VC_MODES
-from .cli import at_least
+from .cli import ToolParser, UserError, at_least, run_tool
 
 PROG = "sdcpc-eval"
 DATASETS = ("vspw", "cityscapes", "camvid")
 
 
-class _Parser(argparse.ArgumentParser):
-    """Argument errors as one sentence (no usage block), exit status 2."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-class _UserError(Exception):
-    """A one-sentence error for the user (exit status 2)."""
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Evaluate an SD-CPC checkpoint on a video segmentation data set.")
+    parser = ToolParser(prog=PROG, description="Evaluate an SD-CPC checkpoint on a video segmentation data set.")
     parser.add_argument("--checkpoint", required=True, type=Path, help="model weights written by save_weights")
     parser.add_argument("--data", required=True, type=Path, help="data set root folder")
     parser.add_argument("--dataset", choices=DATASETS, default="vspw", help="data set layout (default vspw)")
@@ -73,9 +62,9 @@ def _device(text: str | None):
     try:
         device = torch.device(text)
     except RuntimeError:
-        raise _UserError(f"--device must be a torch device such as cpu, cuda or cuda:1, got {text!r}") from None
+        raise UserError(f"--device must be a torch device such as cpu, cuda or cuda:1, got {text!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise _UserError(f"--device {text} asks for CUDA, but torch sees no CUDA device; use --device cpu")
+        raise UserError(f"--device {text} asks for CUDA, but torch sees no CUDA device; use --device cpu")
     return device
 
 
@@ -95,7 +84,7 @@ def _class_list(args, checkpoint: Path):
             return ClassList.from_yaml(local), str(local)
         return ClassList.shipped(args.dataset), f"shipped {args.dataset}"
     except (FileNotFoundError, ValueError) as error:
-        raise _UserError(str(error)) from None
+        raise UserError(str(error)) from None
 
 
 def _dataset(args):
@@ -105,21 +94,15 @@ def _dataset(args):
     try:
         dataset = reader(str(args.data), args.split)
     except (FileNotFoundError, ValueError) as error:
-        raise _UserError(f"{error} (is --dataset {args.dataset} the layout of {args.data}?)") from None
+        raise UserError(f"{error} (is --dataset {args.dataset} the layout of {args.data}?)") from None
     if len(dataset) == 0:
-        raise _UserError(f"no labelled frame found in split {args.split!r} of the {args.dataset} data at {args.data}")
+        raise UserError(f"no labelled frame found in split {args.split!r} of the {args.dataset} data at {args.data}")
     return dataset
 
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the tool; returns the exit status (2 for argument and user errors)."""
-    try:
-        return _run(build_parser().parse_args(argv))
-    except SystemExit as exit_:  # argparse: --help or an argument error
-        return int(exit_.code or 0)
-    except _UserError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 2
+    return run_tool(build_parser(), _run, argv)
 
 
 def _run(args) -> int:
@@ -132,19 +115,19 @@ def _run(args) -> int:
     out = args.out if args.out is not None else checkpoint.parent / (
         f"{checkpoint.stem}-eval-{args.dataset}-{args.split}-{mode}")
     if not checkpoint.is_file():
-        raise _UserError(f"checkpoint not found: {checkpoint}")
+        raise UserError(f"checkpoint not found: {checkpoint}")
     if out.exists() and not args.overwrite:
-        raise _UserError(f"output folder {out} already exists; pass --overwrite to replace it")
+        raise UserError(f"output folder {out} already exists; pass --overwrite to replace it")
     if out.exists() and not out.is_dir():
-        raise _UserError(f"output path {out} exists and is not a folder")
+        raise UserError(f"output path {out} exists and is not a folder")
     device = _device(args.device)
     try:
         model = load_model(checkpoint)
     except (FileNotFoundError, ValueError) as error:
-        raise _UserError(str(error)) from None
+        raise UserError(str(error)) from None
     classes, classes_source = _class_list(args, checkpoint)
     if len(classes) != model.num_classes:
-        raise _UserError(f"the class list ({classes_source}) has {len(classes)} classes but the checkpoint predicts "
+        raise UserError(f"the class list ({classes_source}) has {len(classes)} classes but the checkpoint predicts "
                          f"{model.num_classes}; pass --classes with a list of {model.num_classes} classes")
     dataset = _dataset(args)
     try:
@@ -152,13 +135,13 @@ def _run(args) -> int:
                           short_side=args.short_side, device=device, max_videos=args.max_videos,
                           num_overlays=args.overlays)
     except (OSError, ValueError) as error:
-        raise _UserError(f"evaluation stopped: {error}") from None
+        raise UserError(f"evaluation stopped: {error}") from None
     report.title = f"{checkpoint.stem} on {args.dataset} {args.split} ({mode})"
     report.info = {"checkpoint": str(checkpoint), "data": str(args.data), "classes": classes_source, **report.info}
     try:
         write_report(report, out, overwrite=args.overwrite)
     except FileExistsError as error:
-        raise _UserError(str(error)) from None
+        raise UserError(str(error)) from None
     print(report.summary_line())
     print(f"wrote {out}")
     return 0

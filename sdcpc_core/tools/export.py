@@ -28,20 +28,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .cli import at_least, image_size
+from .cli import ToolParser, UserError, at_least, image_size, run_tool
 
 PROG = "sdcpc-export"
 
 
-class _Parser(argparse.ArgumentParser):
-    """Argument errors as one sentence (no usage block), exit status 2."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Export an SD-CPC checkpoint's streaming programs to ONNX or TensorRT.")
+    parser = ToolParser(prog=PROG, description="Export an SD-CPC checkpoint's streaming programs to ONNX or TensorRT.")
     parser.add_argument("--checkpoint", required=True, help="model weights written by save_weights (.safetensors)")
     parser.add_argument("--backend", required=True, choices=("onnx", "tensorrt"), help="what to build")
     parser.add_argument("--size", required=True, type=image_size, help="input image size HEIGHTxWIDTH, e.g. 480x640")
@@ -53,10 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _UserError(Exception):
-    """A one-sentence error for the user (exit status 2)."""
-
-
 def _default_out(checkpoint: Path, backend: str, size: tuple[int, int], refs: int) -> Path:
     return checkpoint.parent / f"{checkpoint.stem}-{backend}-{size[0]}x{size[1]}-r{refs}"
 
@@ -65,11 +54,11 @@ def _load(checkpoint: Path):
     from ..checkpoints import load_model
 
     if not checkpoint.is_file():
-        raise _UserError(f"checkpoint not found: {checkpoint}")
+        raise UserError(f"checkpoint not found: {checkpoint}")
     try:
         return load_model(checkpoint)
     except (FileNotFoundError, ValueError) as error:
-        raise _UserError(str(error)) from None
+        raise UserError(str(error)) from None
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -134,12 +123,12 @@ def _verify_onnx(model, folder: Path, manifest: dict, size, refs: int) -> None:
 # -------------------------------------------------------------------------------- tensorrt
 def _check_tensorrt_available() -> None:
     if importlib.util.find_spec("torch_tensorrt") is None:
-        raise _UserError("the tensorrt backend needs the Python package torch_tensorrt (and tensorrt), which is "
+        raise UserError("the tensorrt backend needs the Python package torch_tensorrt (and tensorrt), which is "
                          "not installed; install them with a CUDA build of torch, or use --backend onnx")
     import torch
 
     if not torch.cuda.is_available():
-        raise _UserError("the tensorrt backend needs a CUDA device, and torch sees none; use --backend onnx")
+        raise UserError("the tensorrt backend needs a CUDA device, and torch sees none; use --backend onnx")
 
 
 def _export_tensorrt(model, folder: Path, size, refs: int, checkpoint_sha: str, build_only: bool) -> int:
@@ -181,24 +170,16 @@ def _export_tensorrt(model, folder: Path, size, refs: int, checkpoint_sha: str, 
 
 # ------------------------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    try:
-        return _run(args)
-    except _UserError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 2
+    return run_tool(build_parser(), _run, argv)
 
 
 def _run(args) -> int:
     checkpoint = Path(args.checkpoint)
     out = args.out if args.out is not None else _default_out(checkpoint, args.backend, args.size, args.refs)
     if out.exists() and not args.overwrite:
-        raise _UserError(f"output folder {out} already exists; pass --overwrite to replace it")
+        raise UserError(f"output folder {out} already exists; pass --overwrite to replace it")
     if out.exists() and not out.is_dir():
-        raise _UserError(f"output path {out} exists and is not a folder")
+        raise UserError(f"output path {out} exists and is not a folder")
     if args.backend == "tensorrt":
         _check_tensorrt_available()
     model = _load(checkpoint)

@@ -23,15 +23,10 @@ import re
 import sys
 from pathlib import Path
 
+from .cli import ToolParser, at_least, image_size
+
 PROG = "sdcpc-synth"
 _SEED_ITEM = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
-
-
-class _Parser(argparse.ArgumentParser):
-    """Argument errors as one sentence (no usage block), exit status 2."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -60,11 +55,7 @@ def seed_list(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    # imported here: .cli imports the models (torch), which the spawned generator processes,
-    # importing this module again as their main module, do not need
-    from .cli import at_least, image_size
-
-    parser = _Parser(prog=PROG, description="Write procedural driving videos with Cityscapes labels in the VSPW "
+    parser = ToolParser(prog=PROG, description="Write procedural driving videos with Cityscapes labels in the VSPW "
                                             "layout (one video per seed).")
     parser.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="output folder (created; must be empty)")
     for split in ("train", "val", "test"):
