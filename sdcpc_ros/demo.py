@@ -89,8 +89,8 @@ class NodeProcess:
 
     def __enter__(self) -> "NodeProcess":
         with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                            env=self.env)
+            self.process = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=log,
+                                            stderr=subprocess.STDOUT, env=self.env)
         return self
 
     def check(self) -> None:

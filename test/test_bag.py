@@ -181,6 +181,16 @@ def test_matcher_pairs_by_stamp_in_any_storage_order():
     assert frame_ranges([1, 2, 3, 7, 9, 10]) == "1-3, 7, 9-10"
 
 
+def test_matcher_names_the_frame_and_topic_of_unusable_labels():
+    matcher = FrameMatcher(SYNTHETIC_CLASSES, "v", "corrected", True, "/camera/labels in bag d.mcap")
+    matcher.add_label(10, np.full((2, 3), 40, np.uint8))  # 40: neither a class id (0..18) nor ignore (255)
+    with pytest.raises(BagError, match=r"frame 0 \(stamp 10 ns, /camera/labels in bag d.mcap\): ground truth value 40"):
+        matcher.add_frame(0, 10, np.zeros((2, 3), np.uint8))
+    matcher.add_label(20, np.zeros((4, 6), np.uint8))
+    with pytest.raises(BagError, match="the label is 4x6 but the mask is 2x3; the labels must have the camera"):
+        matcher.add_frame(1, 20, np.zeros((2, 3), np.uint8))
+
+
 # ----------------------------------------------------------------------------------------------- offline
 @pytest.fixture(scope="module")
 def offline_run(tmp_path_factory, checkpoint, drive_bag):
@@ -325,3 +335,6 @@ def test_params_file_sets_the_node_parameters(tmp_path, checkpoint):
     args = cli.build_parser().parse_args(["eval", "b.mcap", "--params-file", str(params), "--input-size", "64x96"])
     config = cli.node_config(args)
     assert (config.model, config.input_size, config.reference_offsets) == (str(checkpoint), (64, 96), (4, 2))
+    shipped = Path(__file__).resolve().parent.parent / "config" / "segment.yaml"  # the node's own file reads as is
+    args = cli.build_parser().parse_args(["eval", "b.mcap", "--params-file", str(shipped)])
+    assert cli.node_config(args).input_size == (480, 864)

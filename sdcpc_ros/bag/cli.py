@@ -74,8 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     synth = commands.add_parser("synth", help="write a synthetic drive (images, camera_info, labels) as a bag")
     synth.add_argument("out", type=Path, metavar="OUT", help="bag to write: NAME.mcap, NAME.db3 or a bag folder NAME")
-    synth.add_argument("--frames", type=at_least(1), default=None, help="frames of the drive (default: the config's, 300)")
-    synth.add_argument("--size", type=image_size, default=None, help="image HEIGHTxWIDTH (default: the config's, 240x480)")
+    synth.add_argument("--frames", type=at_least(1), default=None,
+                       help="frames of the drive (default: the config's, 300)")
+    synth.add_argument("--size", type=image_size, default=None,
+                       help="image HEIGHTxWIDTH (default: the config's, 240x480)")
     synth.add_argument("--fps", type=positive_number, default=None, help="frame rate in Hz (default: the config's, 30)")
     synth.add_argument("--config", type=Path, default=None, help="YAML file of SyntheticConfig fields")
     synth.add_argument("--seed", type=at_least(0), default=0, help="drive seed (default 0)")
@@ -96,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="segment a bag's images and score them against its labels")
     evaluate.add_argument("bag", type=Path, metavar="BAG", help="bag: NAME.mcap, NAME.db3 or a bag folder")
     evaluate.add_argument("--image-topic", default=None,
-                          help="Image or CompressedImage topic (default /camera/image_raw or /camera/image_raw/compressed)")
+                          help="Image or CompressedImage topic (default /camera/image_raw, else "
+                               "/camera/image_raw/compressed)")
     evaluate.add_argument("--label-topic", default=None,
                           help="mono8 ground-truth topic (default /camera/labels when present; '' for none)")
     evaluate.add_argument("--camera-info-topic", default=None,
@@ -104,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--mask-topic", default=MASK_TOPIC, help=f"mask topic (default {MASK_TOPIC})")
     evaluate.add_argument("--out", type=Path, default=None,
                           help="output folder for report/ and the mask bag (default <bag>_eval, live <bag>_live)")
-    evaluate.add_argument("--storage", choices=tuple(STORAGES), default="mcap", help="output bag storage (default mcap)")
+    evaluate.add_argument("--storage", choices=tuple(STORAGES), default="mcap",
+                          help="output bag storage (default mcap)")
     evaluate.add_argument("--consistency-mode", choices=VC_MODES, default="vspw",
                           help="mVC definition: the public VSPW script's (default) or the corrected one")
     evaluate.add_argument("--overlays", type=at_least(0), default=8,
@@ -202,9 +206,10 @@ def read_params_file(path: Path) -> dict:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
         raise ValueError(f"parameter file {path} is not valid YAML ({error})") from None
-    sections = [section["ros__parameters"] for name, section in (data or {}).items()
-                if name in _PARAMETER_SECTIONS and isinstance(section, dict)
-                and isinstance(section.get("ros__parameters"), dict)] if isinstance(data, dict) else []
+    nodes = data if isinstance(data, dict) else {}
+    sections = [section.get("ros__parameters") for name, section in nodes.items()
+                if name in _PARAMETER_SECTIONS and isinstance(section, dict)]
+    sections = [section for section in sections if isinstance(section, dict)]
     if not sections:
         raise ValueError(f"parameter file {path} has no ros__parameters for {' or '.join(_PARAMETER_SECTIONS[::2])}")
     return {key: value for section in sections for key, value in section.items()}

@@ -117,7 +117,7 @@ class BagReader:
         return BagError(f"cannot read bag {self.path}: {reason} (the file is truncated, corrupt or not a rosbag2 bag)")
 
     def describe_topics(self) -> str:
-        """``'/a' (sensor_msgs/msg/Image, 10 messages), ...``, or ``no topics``."""
+        """``/a (sensor_msgs/msg/Image, 10 messages), ...``, or ``no topics``."""
         if not self.topics:
             return "no topics"
         return ", ".join(f"{name} ({msgtype}, {count} messages)" for name, (msgtype, count) in self.topics.items())

@@ -8,7 +8,8 @@ segment node is the user's (subscribed to the bag's image topic, e.g. remapped w
    class list on ``<mask topic>/classes`` (or ``classes`` is given);
 2. plays the image (and camera_info) topics with their recorded timing (``rate``), noting when each
    frame went out, while recording every message on the mask topic with its arrival time;
-3. after the last frame, waits until every frame has its mask or no mask came for ``settle_s``, then
+3. after the last frame, waits until every frame has its mask or no mask came for ``settle_s`` (at
+   most the playing time plus ``settle_s``: masks later than that count as dropped), then
    for the node's next ``/diagnostics`` status (1 Hz), whose totals (received, processed, dropped,
    buffer resets, errors) go into the report;
 4. writes the recorded masks as the output bag (log time = arrival time, as ``ros2 bag record``),
@@ -44,7 +45,7 @@ from ..pipeline import stamp_to_ns
 from .io import DEFAULT_DISTRO, IMAGE_TYPE, MASK_TOPIC, BagError, BagReader, BagWriter
 from .offline import BagEvaluation
 from .play import BagPlayer, RosSession
-from .scoring import EvalOutputs, EvalTopics, FrameMatcher, label_array, overlay_indices
+from .scoring import EvalOutputs, EvalTopics, FrameMatcher, label_array, note, overlay_indices
 
 __all__ = ["evaluate_live"]
 
@@ -115,7 +116,7 @@ def evaluate_live(bag_path: str | Path, outputs: EvalOutputs, *, image_topic: st
                   rate: float = 1.0, wait_s: float = 30.0, settle_s: float = 5.0, classes: ClassList | None = None,
                   consistency_mode: str = "vspw", num_overlays: int = 8, storage: str | None = None,
                   distro: str = DEFAULT_DISTRO, overwrite: bool = False, domain_id: int | None = None,
-                  alive: Callable[[], None] = lambda: None, progress: bool = True, echo=print) -> BagEvaluation:
+                  alive: Callable[[], None] = lambda: None, progress: bool = True, echo=note) -> BagEvaluation:
     """Plays ``bag_path`` to the running segment node and scores its masks (module docstring).
 
     ``alive()`` is called while waiting and may raise to abort (the demo checks its node process).
@@ -146,8 +147,8 @@ def evaluate_live(bag_path: str | Path, outputs: EvalOutputs, *, image_topic: st
             node.create_subscription(String, f"{mask_topic}/classes", recorder.on_classes, latched_qos())
             node.create_subscription(DiagnosticArray, DIAGNOSTICS_TOPIC, recorder.on_diagnostics, 10)
             player = BagPlayer(node, reader, [t for t in (topics.image, topics.camera_info) if t])
-            _await_node(player, topics.image, topics.compressed, mask_subscription, mask_topic, recorder, classes is None,
-                        wait_s, alive)
+            _await_node(player, topics.image, topics.compressed, mask_subscription, mask_topic, recorder,
+                        classes is None, wait_s, alive)
             classes = classes or ClassList.from_json(recorder.classes, f"{mask_topic}/classes")
             echo(f"segment node found: playing {topics.image} at rate {rate:g} to it, recording {mask_topic}")
             result = player.play(rate=rate, on_publish=on_publish, progress=progress)
@@ -195,7 +196,8 @@ def _score(reader: BagReader, topics: EvalTopics, recorder: _Recorder, played: d
     report's first info entries)."""
     from tqdm.auto import tqdm
 
-    matcher = FrameMatcher(classes, reader.path.stem, consistency_mode, topics.label is not None)
+    matcher = FrameMatcher(classes, reader.path.stem, consistency_mode, topics.label is not None,
+                           f"{topics.label} in bag {reader.path}")
     answered = [index for index, stamp in enumerate(order) if stamp in recorder.masks]
     slots = {answered[k] for k in overlay_indices(len(answered), num_overlays)}  # overlays of frames with masks
     latency: list[float] = []

@@ -30,10 +30,10 @@ from sdcpc_core.runtime.streaming import to_rgb
 
 from ..diagnostics import NodeStats
 from ..parameters import NodeConfig
-from ..pipeline import Outputs, SegmentPipeline, stamp_to_ns
+from ..pipeline import Outputs, ProcessedFrame, SegmentPipeline, stamp_to_ns
 from ..segment_node import load_segmenter
 from .io import CAMERA_INFO_TYPE, DEFAULT_DISTRO, IMAGE_TYPE, MASK_TOPIC, BagError, BagReader, BagWriter
-from .scoring import EvalOutputs, EvalTopics, FrameMatcher, label_array, overlay_indices
+from .scoring import EvalOutputs, EvalTopics, FrameMatcher, label_array, note, overlay_indices
 
 __all__ = ["BagEvaluation", "evaluate_offline"]
 
@@ -81,7 +81,7 @@ class _LogClock:
 
 class _Log:
     """The pipeline's logger: keeps the messages (the first bad-image message explains a failed bag) and
-    echoes warnings and errors through ``echo``."""
+    passes warnings and errors to ``echo``."""
 
     def __init__(self, echo) -> None:
         self.echo = echo
@@ -101,7 +101,7 @@ def evaluate_offline(bag_path: str | Path, config: NodeConfig, outputs: EvalOutp
                      label_topic: str | None = None, camera_info_topic: str | None = None,
                      mask_topic: str = MASK_TOPIC, consistency_mode: str = "vspw", num_overlays: int = 8,
                      storage: str | None = None, distro: str = DEFAULT_DISTRO, overwrite: bool = False,
-                     progress: bool = True, echo=print) -> BagEvaluation:
+                     progress: bool = True, echo=note) -> BagEvaluation:
     """Evaluates the node configuration ``config`` on a bag (module docstring); writes ``outputs``.
 
     Topics default to those ``EvalTopics.resolve`` finds. Raises ``ValueError`` (``BagError``,
@@ -117,7 +117,8 @@ def evaluate_offline(bag_path: str | Path, config: NodeConfig, outputs: EvalOutp
         segmenter, classes = load_segmenter(config)
         total = reader.count(topics.image)
         log, clock, stats = _Log(echo), _LogClock(), NodeStats()
-        matcher = FrameMatcher(classes, bag_path.stem, consistency_mode, topics.label is not None)
+        matcher = FrameMatcher(classes, bag_path.stem, consistency_mode, topics.label is not None,
+                               f"{topics.label} in bag {bag_path}")
         slots = overlay_indices(total, num_overlays)
         latency: dict[str, list[float]] = {}
         resets: list[str] = []
@@ -163,11 +164,7 @@ def evaluate_offline(bag_path: str | Path, config: NodeConfig, outputs: EvalOutp
                     result = frame.result
                     if result.reset:
                         resets.append(f"frame {index}: {result.reset_reason}")
-                    stages = {"read": read_ms, "decode": frame.node_ms["decode"],
-                              **{k: v for k, v in result.timings_ms.items() if k != "total"},
-                              "messages": frame.node_ms["encode"], "write": frame.node_ms["publish"]}
-                    stages["total"] = sum(v for k, v in stages.items() if k != "read")
-                    for stage, ms in stages.items():
+                    for stage, ms in _stages(read_ms, frame).items():
                         latency.setdefault(stage, []).append(ms)
                 image = None
                 if index in slots and frame is not None:
@@ -188,6 +185,15 @@ def evaluate_offline(bag_path: str | Path, config: NodeConfig, outputs: EvalOutp
     report = matcher.finish(f"{Path(config.model).stem} on {bag_path.name} (offline)", latency, info)
     write_report(report, outputs.report, overwrite=overwrite)
     return BagEvaluation(report, outputs.report, outputs.bag, index, processed, seconds)
+
+
+def _stages(read_ms: float, frame: ProcessedFrame) -> dict[str, float]:
+    """A frame's stage times in ms (module docstring); ``total`` is everything but ``read``."""
+    stages = {"read": read_ms, "decode": frame.node_ms["decode"],
+              **{k: v for k, v in frame.result.timings_ms.items() if k != "total"},
+              "messages": frame.node_ms["encode"], "write": frame.node_ms["publish"]}
+    stages["total"] = sum(v for k, v in stages.items() if k != "read")
+    return stages
 
 
 def _check_first_frame(processed: int, stats: NodeStats, log: _Log, topic: str, bag_path: Path) -> None:

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from ..image_codec import ImageDecodeError, image_to_array
 from .io import (CAMERA_INFO_TOPIC, CAMERA_INFO_TYPE, COMPRESSED_TOPIC, COMPRESSED_TYPE, IMAGE_TOPIC, IMAGE_TYPE,
                  LABEL_TOPIC, BagError, BagReader, check_output)
 
-__all__ = ["EvalOutputs", "EvalTopics", "FrameMatcher", "frame_ranges", "label_array", "overlay_indices",
+__all__ = ["EvalOutputs", "EvalTopics", "FrameMatcher", "frame_ranges", "label_array", "note", "overlay_indices",
            "summary_numbers"]
 
 _NS_PER_S = 1_000_000_000
@@ -93,6 +94,11 @@ class EvalOutputs:
             raise BagError(f"report path {self.report} exists and is not a folder; refusing to replace it")
 
 
+def note(message: str) -> None:
+    """Progress notes and warnings go to stderr: stdout keeps the summary line alone."""
+    print(message, file=sys.stderr)
+
+
 def label_array(message, topic: str) -> np.ndarray:
     """Ground-truth class ids ``(H, W)`` uint8 of a ``mono8`` label image; ``BagError`` otherwise."""
     try:
@@ -134,12 +140,13 @@ class FrameMatcher:
 
     Feed ``add_label`` and ``add_frame`` in the bag's order; labels are assumed to be stored in stamp
     order, so a frame whose stamp the label stream has passed has no label. ``finish`` scores what is
-    left and returns the report.
+    left and returns the report. ``where`` (e.g. ``/camera/labels in bag drive.mcap``) goes into errors.
     """
 
-    def __init__(self, classes: ClassList, video: str, consistency_mode: str, labelled: bool) -> None:
+    def __init__(self, classes: ClassList, video: str, consistency_mode: str, labelled: bool, where: str = "") -> None:
         self.classes = classes
         self.video = video
+        self.where = f", {where}" if where else ""  # names the bag and label topic in errors
         self.labelled = labelled
         self.scorer = _Scorer(classes, consistency_mode, set(), None)
         self.overlays: list[np.ndarray] = []
@@ -157,7 +164,8 @@ class FrameMatcher:
 
     def add_frame(self, index: int, stamp_ns: int, prediction: np.ndarray | None,
                   image: np.ndarray | None = None) -> None:
-        """Frame ``index`` with its predicted ids (``(H, W)``; None: no prediction) and, for an overlay, its RGB image."""
+        """Frame ``index`` with its predicted ids (``(H, W)``; None: no prediction) and, for an overlay, its
+        RGB image."""
         self._pending.append(_Pending(index, stamp_ns, prediction, image))
         self._flush(final=False)
 
@@ -180,13 +188,14 @@ class FrameMatcher:
 
     def _score(self, frame: _Pending, label: np.ndarray) -> None:
         if label.shape != frame.prediction.shape:
-            raise BagError(f"frame {frame.index} (stamp {frame.stamp_ns} ns): the label is {label.shape[0]}x"
-                           f"{label.shape[1]} but the mask is {frame.prediction.shape[0]}x{frame.prediction.shape[1]}"
-                           "; the labels must have the camera image's size (output_resolution camera)")
+            (lh, lw), (mh, mw) = label.shape, frame.prediction.shape
+            raise BagError(f"frame {frame.index} (stamp {frame.stamp_ns} ns{self.where}): the label is {lh}x{lw} but "
+                           f"the mask is {mh}x{mw}; the labels must have the camera image's size (output_resolution "
+                           "camera)")
         try:
             self.scorer.add(self.video, frame.index, frame.stamp_ns, frame.image, label, frame.prediction)
         except ValueError as error:  # label values that are neither class ids nor ignore
-            raise BagError(f"frame {frame.index} (stamp {frame.stamp_ns} ns): {error}") from None
+            raise BagError(f"frame {frame.index} (stamp {frame.stamp_ns} ns{self.where}): {error}") from None
         if frame.image is not None:
             self.overlays.append(np.concatenate([overlay(frame.image, label, self.classes),
                                                  overlay(frame.image, frame.prediction, self.classes)], axis=1))
@@ -208,9 +217,10 @@ class FrameMatcher:
             info["note"] = "the bag has no label topic: nothing is scored (pass --label-topic)"
         if self.overlays:
             info["overlays"] = f"{len(self.overlays)} frames, ground truth left, prediction right"
-        return EvaluationReport(title=title, classes=self.classes, confusion=self.scorer.confusion,
-                                consistency=self.scorer.video_consistency(), consistency_mode=self.scorer.consistency_mode,
-                                frames=self.scorer.frames, latency_ms=latency_ms, info=info, overlays=self.overlays)
+        scorer = self.scorer
+        return EvaluationReport(title=title, classes=self.classes, confusion=scorer.confusion,
+                                consistency=scorer.video_consistency(), consistency_mode=scorer.consistency_mode,
+                                frames=scorer.frames, latency_ms=latency_ms, info=info, overlays=self.overlays)
 
 
 def summary_numbers(report: EvaluationReport) -> dict[str, float]:
