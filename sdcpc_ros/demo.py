@@ -46,12 +46,12 @@ LOG_TAIL_LINES = 5
 
 def build_parser() -> argparse.ArgumentParser:
     from sdcpc_core.eval.metrics import VC_MODES
-    from sdcpc_core.tools.cli import at_least, image_size
+    from sdcpc_core.tools.cli import ToolParser, at_least, image_size
 
-    from .bag.cli import OneLineParser, positive_number
+    from .bag.cli import positive_number
 
-    parser = OneLineParser(prog="python -m sdcpc_ros.demo",
-                     description="Play a synthetic drive into the real segment node and score its output.")
+    parser = ToolParser(prog="python -m sdcpc_ros.demo",
+                        description="Play a synthetic drive into the real segment node and score its output.")
     parser.add_argument("--frames", type=at_least(1), default=300, help="frames of the drive (default 300: 10 s)")
     parser.add_argument("--size", type=image_size, default=(240, 480), help="camera HEIGHTxWIDTH (default 240x480)")
     parser.add_argument("--input-size", type=image_size, default=(128, 256),
@@ -156,9 +156,11 @@ def run(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the demo; exit status 2 for a user error (missing model, bad option, node failure), 130 on Ctrl-C."""
-    from .bag.cli import run_tool
+    from sdcpc_core.tools.cli import run_tool
 
-    return run_tool(build_parser(), argv, run, (ValueError, OSError, NodeExitedError))
+    from .bag.cli import user_errors
+
+    return run_tool(build_parser(), user_errors(run, (ValueError, OSError, NodeExitedError)), argv)
 
 
 if __name__ == "__main__":

@@ -35,13 +35,7 @@ PROG = "sdcpc-bag"
 OFFLINE_OPTIONS = ("model", "backend", "device", "precision", "input_size", "params_file")
 LIVE_OPTIONS = ("rate", "wait", "settle", "classes", "domain_id")
 _PARAMETER_SECTIONS = ("/**", "**", "segment_node", "/segment_node")
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """Argument errors as one sentence (no usage block), exit status 2."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
+Command = Callable[[argparse.Namespace], int]  # a tool's body: parsed arguments in, exit status out
 
 
 def positive_number(text: str) -> float:
@@ -57,13 +51,13 @@ def positive_number(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     from sdcpc_core.eval.metrics import VC_MODES
-    from sdcpc_core.tools.cli import at_least, image_size
+    from sdcpc_core.tools.cli import ToolParser, at_least, image_size
 
     from .io import DEFAULT_DISTRO, DISTROS, MASK_TOPIC, STORAGES
     from .play import QOS_CHOICES
     from .synth import IMAGE_FORMATS
 
-    parser = OneLineParser(prog=PROG, description="Write, evaluate and play rosbag2 bags for the SD-CPC segment node.")
+    parser = ToolParser(prog=PROG, description="Write, evaluate and play rosbag2 bags for the SD-CPC segment node.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="{synth,eval,play}")
 
     def common(sub: argparse.ArgumentParser) -> None:
@@ -150,29 +144,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_tool(parser: argparse.ArgumentParser, argv: list[str] | None, run: Callable[[argparse.Namespace], int],
-             errors: tuple[type[BaseException], ...] = (ValueError, OSError)) -> int:
-    """Parses ``argv`` and returns ``run(args)``; ``errors`` (user mistakes) become one sentence on stderr and
-    exit status 2, Ctrl-C exit status 130 (outputs are only ever renamed into place when complete)."""
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit_:  # argparse: --help or an argument error
-        return int(exit_.code or 0)
-    name = " ".join(filter(None, (parser.prog, getattr(args, "command", None))))
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        print(f"{name}: interrupted", file=sys.stderr)
-        return 130
-    except errors as error:  # BagError, ParameterError, StartupError, unreadable files
-        print(f"{name}: error: {error}", file=sys.stderr)
-        return 2
+def user_errors(run: Command, errors: tuple[type[BaseException], ...] = (ValueError, OSError)) -> Command:
+    """``run`` for ``run_tool``: ``errors`` (a user's mistakes: BagError, ParameterError, StartupError,
+    unreadable files) become ``UserError`` (one sentence, exit status 2); Ctrl-C is exit status 130.
+    Outputs are only ever renamed into place when complete, so an interruption leaves none."""
+    from sdcpc_core.tools.cli import UserError
+
+    def guarded(args: argparse.Namespace) -> int:
+        try:
+            return run(args)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+        except errors as error:
+            raise UserError(str(error)) from None
+    return guarded
 
 
 def main(argv: list[str] | None = None) -> int:
     """Runs ``sdcpc-bag``; returns the exit status (2 for argument and user errors, 130 on Ctrl-C)."""
+    from sdcpc_core.tools.cli import run_tool
+
     commands = {"synth": _synth, "eval": _evaluate, "play": _play}
-    return run_tool(build_parser(), argv, lambda args: commands[args.command](args))
+    return run_tool(build_parser(), user_errors(lambda args: commands[args.command](args)), argv)
 
 
 # ---------------------------------------------------------------------------------------------- synth
