@@ -1,11 +1,9 @@
 """The end-to-end demo, short: a synthetic bag played at real time into the real segment node (a subprocess),
-its masks recorded and scored; and the node process's start-up failure and clean stop.
+its masks recorded and scored, the node stopped cleanly; and the node process's start-up failure.
 """
 import json
 import os
 import random
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -35,9 +33,12 @@ def checkpoint(tmp_path_factory) -> Path:
     return path
 
 
-def _env() -> dict:
-    return dict(os.environ, OMP_NUM_THREADS="1", ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
-                PYTHONPATH=os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH")))))
+@pytest.fixture
+def demo_env(monkeypatch):
+    """The node subprocess finds this checkout, uses one thread and discovers on this machine only."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH")))))
 
 
 def _stamps(path: Path, topic: str) -> list[int]:
@@ -45,14 +46,23 @@ def _stamps(path: Path, topic: str) -> list[int]:
         return [stamp_to_ns(reader.deserialize(m).header.stamp) for m in reader.messages([topic])]
 
 
-def test_demo_plays_into_the_node_and_scores_its_masks(tmp_path, checkpoint):
+def test_demo_plays_into_the_node_and_scores_its_masks(tmp_path, checkpoint, demo_env, monkeypatch, capsys):
+    nodes = []
+
+    class Recorded(demo.NodeProcess):
+        def __enter__(self):
+            nodes.append(self)
+            return super().__enter__()
+
+    monkeypatch.setattr(demo, "NodeProcess", Recorded)
     out = tmp_path / "demo"
-    run = subprocess.run([sys.executable, "-m", "sdcpc_ros.demo", "--model", str(checkpoint), "--frames", str(FRAMES),
-                          "--size", "48x96", "--input-size", "64x96", "--out", str(out), "--consistency-mode",
-                          "corrected", "--no-progress"], capture_output=True, text=True, env=_env(), timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert f"demo summary: {FRAMES} frames played at rate 1 (real time)" in run.stdout
-    assert "dropped by the node" in run.stdout and "mVC8" in run.stdout and "latency p50" in run.stdout
+    code = demo.main(["--model", str(checkpoint), "--frames", str(FRAMES), "--size", "48x96", "--input-size", "64x96",
+                      "--out", str(out), "--consistency-mode", "corrected", "--no-progress"])
+    stdout, stderr = capsys.readouterr()
+    assert code == 0, stderr[-2000:]
+    assert f"demo summary: {FRAMES} frames played at rate 1 (real time)" in stdout
+    assert "dropped by the node" in stdout and "mVC8" in stdout and "latency p50" in stdout
+    assert len(nodes) == 1 and nodes[0].process.returncode == 0  # the node was stopped by SIGINT, cleanly
     report = json.loads((out / "report" / "report.json").read_text())
     info = report["info"]
     assert info["frames_played"] == FRAMES and info["frames_segmented"] + info["frames_dropped"] == FRAMES
@@ -84,19 +94,11 @@ def _wait_exit(process, timeout_s: float = 60.0) -> None:
         time.sleep(0.1)
 
 
-def test_node_process_reports_a_failed_start_and_is_always_stopped(tmp_path, checkpoint, monkeypatch):
-    for key, value in _env().items():
-        monkeypatch.setenv(key, value)
+def test_node_process_reports_a_failed_start(tmp_path, demo_env):
     domain = random.SystemRandom().randint(1, 200)
     with pytest.raises(demo.NodeExitedError, match="segment_node exited with status 2.*parameter 'model'"):
-        with demo.NodeProcess(tmp_path / "missing.safetensors", (64, 96), domain, tmp_path / "bad.log") as node:
-            _wait_exit(node.process)
+        with demo.NodeProcess(tmp_path / "missing.safetensors", (64, 96), domain, tmp_path / "node.log") as node:
+            deadline = time.monotonic() + 60.0
+            while node.process.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.1)
             node.check()
-    log = tmp_path / "good.log"
-    with demo.NodeProcess(checkpoint, (64, 96), domain, log) as node:
-        deadline = time.monotonic() + 60.0
-        while "Segmenting" not in log.read_text() and time.monotonic() < deadline:
-            node.check()  # still running
-            time.sleep(0.1)
-        assert "Segmenting /camera/image_raw" in log.read_text()
-    assert node.process.returncode == 0  # stopped by SIGINT, cleanly

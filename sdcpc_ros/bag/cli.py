@@ -122,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     live.add_argument("--wait", type=positive_number, default=None,
                       help="seconds to wait for the node to connect (default 30)")
     live.add_argument("--settle", type=positive_number, default=None,
-                      help="seconds without a new mask after which the last masks are given up (default 5)")
+                      help="longest wait in seconds for late masks after the last frame (default 5; the wait "
+                           "adapts to the node's pace, at least 1 s)")
     live.add_argument("--classes", default=None,
                       help="class list (shipped name or YAML) when the node latches none on <mask topic>/classes")
     live.add_argument("--domain-id", type=at_least(0), default=None, help="ROS domain id (default: ROS_DOMAIN_ID)")

@@ -8,8 +8,10 @@ segment node is the user's (subscribed to the bag's image topic, e.g. remapped w
    class list on ``<mask topic>/classes`` (or ``classes`` is given);
 2. plays the image (and camera_info) topics with their recorded timing (``rate``), noting when each
    frame went out, while recording every message on the mask topic with its arrival time;
-3. after the last frame, waits until every frame has its mask or no mask came for ``settle_s`` (at
-   most the playing time plus ``settle_s``: masks later than that count as dropped), then
+3. after the last frame, waits until every frame has its mask, or until no mask came for a quiet
+   period: three times the median time between masks (what the node needs for a frame or two still
+   in flight), at least ``MIN_QUIET_S`` and at most ``settle_s``; in all at most the playing time plus
+   ``settle_s`` (masks later than that count as dropped); then
    for the node's next ``/diagnostics`` status (1 Hz), whose totals (received, processed, dropped,
    buffer resets, errors) go into the report;
 4. writes the recorded masks as the output bag (log time = arrival time, as ``ros2 bag record``),
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Callable
 
 from diagnostic_msgs.msg import DiagnosticArray
+import numpy as np
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
@@ -54,6 +57,7 @@ DIAGNOSTICS_TOPIC = "/diagnostics"
 STATUS_SUFFIX = ": semantic segmentation"  # the segment node's DiagnosticStatus name ends so
 DIAGNOSTIC_KEYS = ("received", "processed", "dropped", "buffer resets", "last reset", "errors", "bad messages")
 DIAGNOSTICS_WAIT_S = 2.5  # the node publishes /diagnostics at 1 Hz
+MIN_QUIET_S = 1.0  # the shortest wait for late masks after the last frame
 _POLL_S = 0.05
 
 
@@ -64,7 +68,7 @@ class _Recorder:
         self._store = store
         self._lock = threading.Lock()
         self.masks: dict[int, tuple[float, int, bytes]] = {}
-        self.last_arrival = 0.0
+        self.arrivals: list[float] = []
         self.classes: str | None = None
         self.diagnostics: dict[str, str] = {}  # the node's latest status values
         self.diagnostics_arrival = 0.0
@@ -74,7 +78,18 @@ class _Recorder:
         header = self._store.deserialize_cdr(raw, IMAGE_TYPE).header
         with self._lock:
             self.masks[stamp_to_ns(header.stamp)] = (arrival, wall, bytes(raw))
-            self.last_arrival = arrival
+            self.arrivals.append(arrival)
+
+    def quiet_s(self, settle_s: float) -> float:
+        """How long to wait for one more mask: 3 x the median time between masks, in [MIN_QUIET_S, settle_s]."""
+        with self._lock:
+            gaps = np.diff(self.arrivals)
+        typical = 3.0 * float(np.median(gaps)) if gaps.size else settle_s
+        return min(settle_s, max(MIN_QUIET_S, typical))
+
+    def last_arrival(self) -> float:
+        with self._lock:
+            return self.arrivals[-1] if self.arrivals else 0.0
 
     def on_classes(self, message: String) -> None:
         self.classes = message.data
@@ -152,9 +167,9 @@ def evaluate_live(bag_path: str | Path, outputs: EvalOutputs, *, image_topic: st
             classes = classes or ClassList.from_json(recorder.classes, f"{mask_topic}/classes")
             echo(f"segment node found: playing {topics.image} at rate {rate:g} to it, recording {mask_topic}")
             result = player.play(rate=rate, on_publish=on_publish, progress=progress)
+            last_played = played[order[-1]] if order else 0.0
             _wait(lambda: recorder.count(order) == len(order) or time.perf_counter() - max(
-                recorder.last_arrival, played[order[-1]] if order else 0.0) > settle_s, settle_s + result.seconds,
-                alive)
+                recorder.last_arrival(), last_played) > recorder.quiet_s(settle_s), settle_s + result.seconds, alive)
             settled = time.perf_counter()
             _wait(lambda: recorder.diagnostics_arrival > settled, DIAGNOSTICS_WAIT_S, alive)
         echo(result.summary_line())
