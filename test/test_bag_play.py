@@ -55,7 +55,10 @@ def _until(condition, timeout_s: float = 20.0) -> bool:
     return True
 
 
-def test_play_keeps_the_recorded_timing_and_remaps(bag):
+def test_play_keeps_the_recorded_timing_and_remaps(bag, monkeypatch):
+    # the program's command line is not parsed for ROS arguments (rcl would warn about "--remap A:=B" and
+    # apply this rule to the listener's subscription, which then hears nothing)
+    monkeypatch.setattr("sys.argv", ["sdcpc-bag", "--ros-args", "-r", "listener:/front/image:=/elsewhere"])
     arrivals = []
     with BagReader(bag) as reader, RosSession("listener", DOMAIN) as listener, RosSession("player", DOMAIN) as session:
         expected = [stamp_to_ns(reader.deserialize(m).header.stamp) for m in reader.messages(["/camera/image_raw"])]

@@ -37,7 +37,8 @@ class RosSession:
     """An rclpy context with one node spun by a background executor; a context manager.
 
     ``domain_id``: the ROS domain (None: ``ROS_DOMAIN_ID`` or 0). rclpy's signal handlers are not
-    installed, so Ctrl-C raises ``KeyboardInterrupt`` in the main thread as usual.
+    installed, so Ctrl-C raises ``KeyboardInterrupt`` in the main thread as usual, and ``sys.argv``
+    is not parsed for ROS arguments.
     """
 
     def __init__(self, node_name: str, domain_id: int | None = None) -> None:
@@ -50,7 +51,9 @@ class RosSession:
 
     def __enter__(self) -> "RosSession":
         self.context = Context()
-        rclpy.init(context=self.context, domain_id=self.domain_id, signal_handler_options=SignalHandlerOptions.NO)
+        # args=[]: the program's own command line (e.g. "--remap a:=b") is not ROS arguments
+        rclpy.init(args=[], context=self.context, domain_id=self.domain_id,
+                   signal_handler_options=SignalHandlerOptions.NO)
         try:
             self.node = rclpy.create_node(self.node_name, context=self.context)
             self._executor = SingleThreadedExecutor(context=self.context)
@@ -119,7 +122,7 @@ class PlayResult:
     rate: float
 
     def summary_line(self) -> str:
-        return (f"published {self.messages} messages on {self.topics} topics in {self.seconds:.1f} s ({self.loops} "
+        return (f"published {self.messages} messages on {self.topics} topic(s) in {self.seconds:.1f} s ({self.loops} "
                 f"pass(es) over {self.bag_seconds:.1f} s of recording at rate {self.rate:g})")
 
 
