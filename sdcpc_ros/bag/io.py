@@ -30,7 +30,7 @@ from rosbags.typesys import Stores, get_typestore
 
 __all__ = ["BagError", "BagMessage", "BagReader", "BagWriter", "CAMERA_INFO_TOPIC", "CAMERA_INFO_TYPE",
            "COMPRESSED_TOPIC", "COMPRESSED_TYPE", "DEFAULT_DISTRO", "DISTROS", "IMAGE_TOPIC", "IMAGE_TYPE",
-           "LABEL_TOPIC", "MASK_TOPIC", "STORAGES", "check_output", "typestore"]
+           "LABEL_TOPIC", "MASK_TOPIC", "NS_PER_S", "STORAGES", "check_output", "typestore"]
 
 DISTROS = {"humble": Stores.ROS2_HUMBLE, "jazzy": Stores.ROS2_JAZZY, "kilted": Stores.ROS2_KILTED}
 DEFAULT_DISTRO = "kilted"
@@ -50,6 +50,7 @@ COMPRESSED_TOPIC = "/camera/image_raw/compressed"
 LABEL_TOPIC = "/camera/labels"
 CAMERA_INFO_TOPIC = "/camera/camera_info"
 MASK_TOPIC = "/semantic_mask"
+NS_PER_S = 1_000_000_000
 
 
 class BagError(ValueError):

@@ -46,9 +46,8 @@ from ..image_codec import ImageDecodeError, compressed_to_array, image_to_array
 from ..parameters import latched_qos
 from ..pipeline import stamp_to_ns
 from .io import DEFAULT_DISTRO, IMAGE_TYPE, MASK_TOPIC, BagError, BagReader, BagWriter
-from .offline import BagEvaluation
 from .play import BagPlayer, RosSession
-from .scoring import EvalOutputs, EvalTopics, FrameMatcher, label_array, note, overlay_indices
+from .scoring import BagEvaluation, EvalOutputs, EvalTopics, FrameMatcher, label_array, note, overlay_indices
 
 __all__ = ["evaluate_live"]
 

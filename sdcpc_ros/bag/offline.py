@@ -19,13 +19,12 @@ but ``read``: what the node spends on a frame, with the bag write in place of pu
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from rclpy.serialization import deserialize_message, serialize_message
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from sdcpc_core.eval.report import EvaluationReport, write_report
+from sdcpc_core.eval.report import write_report
 from sdcpc_core.runtime.streaming import to_rgb
 
 from ..diagnostics import NodeStats
@@ -33,29 +32,11 @@ from ..parameters import NodeConfig
 from ..pipeline import Outputs, ProcessedFrame, SegmentPipeline, stamp_to_ns
 from ..segment_node import load_segmenter
 from .io import CAMERA_INFO_TYPE, DEFAULT_DISTRO, IMAGE_TYPE, MASK_TOPIC, BagError, BagReader, BagWriter
-from .scoring import EvalOutputs, EvalTopics, FrameMatcher, label_array, note, overlay_indices
+from .scoring import BagEvaluation, EvalOutputs, EvalTopics, FrameMatcher, label_array, note, overlay_indices
 
-__all__ = ["BagEvaluation", "evaluate_offline"]
+__all__ = ["evaluate_offline"]
 
 MAX_RESET_NOTES = 10  # buffer resets listed one by one in the report
-
-
-@dataclass
-class BagEvaluation:
-    """The outcome of an evaluation: the report, where it went, and the headline counts."""
-
-    report: EvaluationReport
-    report_dir: Path
-    output_bag: Path
-    frames: int  # image messages in the bag (played ones, live)
-    processed: int  # frames with a mask
-    seconds: float
-
-    def summary_line(self) -> str:
-        info = self.report.info
-        dropped = f", dropped {info['frames_dropped']}" if "frames_dropped" in info else ""
-        return (f"{self.processed} of {self.frames} frames segmented{dropped}, {info['frames_scored']} scored: "
-                f"{self.report.summary_line()}; report {self.report_dir}, masks {self.output_bag}")
 
 
 class _BagPublisher:

@@ -25,12 +25,11 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 
-from .io import BagError, BagMessage, BagReader
+from .io import NS_PER_S, BagError, BagMessage, BagReader
 
 __all__ = ["BagPlayer", "PlayResult", "QOS_CHOICES", "RosSession", "message_class", "parse_remaps"]
 
 QOS_CHOICES = ("reliable", "sensor_data")
-_NS_PER_S = 1_000_000_000
 
 
 class RosSession:
@@ -175,7 +174,7 @@ class BagPlayer:
             for message in self.reader.messages(self.topics):
                 if first_log is None:
                     first_log = message.log_time_ns
-                delay = start + (message.log_time_ns - first_log) / _NS_PER_S / rate - time.perf_counter()
+                delay = start + (message.log_time_ns - first_log) / NS_PER_S / rate - time.perf_counter()
                 if stop.is_set() or delay > 0 and stop.wait(delay):
                     break
                 self.publishers[message.topic].publish(message.raw)
@@ -190,5 +189,5 @@ class BagPlayer:
                 break
             bar.reset()
         bar.close()
-        span = (last_log - first_log) / _NS_PER_S if published else 0.0
+        span = (last_log - first_log) / NS_PER_S if published else 0.0
         return PlayResult(published, len(self.topics), loops, span, time.perf_counter() - began, rate)

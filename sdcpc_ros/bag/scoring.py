@@ -3,6 +3,7 @@
 * ``EvalTopics.resolve``: the image, label and camera_info topics of a bag (defaults where present;
   a missing topic lists the bag's topics).
 * ``EvalOutputs``: the report folder and the output bag of one evaluation, checked before any work.
+* ``BagEvaluation``: what an evaluation returns (the report, its paths, headline counts).
 * ``FrameMatcher``: pairs each camera frame's predicted class ids with the ground-truth label of the
   same header stamp, whatever order the bag stores the two topics in, and scores the pairs in
   camera order (``sdcpc_core.eval``'s scorer: one confusion matrix, per-frame accuracy / mIoU /
@@ -28,11 +29,8 @@ from ..image_codec import ImageDecodeError, image_to_array
 from .io import (CAMERA_INFO_TOPIC, CAMERA_INFO_TYPE, COMPRESSED_TOPIC, COMPRESSED_TYPE, IMAGE_TOPIC, IMAGE_TYPE,
                  LABEL_TOPIC, BagError, BagReader, check_output)
 
-__all__ = ["EvalOutputs", "EvalTopics", "FrameMatcher", "frame_ranges", "label_array", "note", "overlay_indices",
-           "summary_numbers"]
-
-_NS_PER_S = 1_000_000_000
-
+__all__ = ["BagEvaluation", "EvalOutputs", "EvalTopics", "FrameMatcher", "frame_ranges", "label_array", "note",
+           "overlay_indices", "summary_numbers"]
 
 @dataclass(frozen=True)
 class EvalTopics:
@@ -221,6 +219,24 @@ class FrameMatcher:
         return EvaluationReport(title=title, classes=self.classes, confusion=scorer.confusion,
                                 consistency=scorer.video_consistency(), consistency_mode=scorer.consistency_mode,
                                 frames=scorer.frames, latency_ms=latency_ms, info=info, overlays=self.overlays)
+
+
+@dataclass
+class BagEvaluation:
+    """The outcome of an evaluation: the report, where it went, and the headline counts."""
+
+    report: EvaluationReport
+    report_dir: Path
+    output_bag: Path
+    frames: int  # image messages in the bag (played ones, live)
+    processed: int  # frames with a mask
+    seconds: float
+
+    def summary_line(self) -> str:
+        info = self.report.info
+        dropped = f", dropped {info['frames_dropped']}" if "frames_dropped" in info else ""
+        return (f"{self.processed} of {self.frames} frames segmented{dropped}, {info['frames_scored']} scored: "
+                f"{self.report.summary_line()}; report {self.report_dir}, masks {self.output_bag}")
 
 
 def summary_numbers(report: EvaluationReport) -> dict[str, float]:

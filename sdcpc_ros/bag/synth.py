@@ -28,14 +28,13 @@ from sdcpc_core.data.synthetic import SyntheticConfig, SyntheticDrive
 
 from ..image_codec import array_to_image_fields
 from .io import (CAMERA_INFO_TOPIC, CAMERA_INFO_TYPE, COMPRESSED_TOPIC, COMPRESSED_TYPE, DEFAULT_DISTRO, IMAGE_TOPIC,
-                 IMAGE_TYPE, LABEL_TOPIC, BagWriter)
+                 IMAGE_TYPE, LABEL_TOPIC, NS_PER_S, BagWriter)
 
 __all__ = ["IMAGE_FORMATS", "SynthResult", "write_synthetic_bag"]
 
 IMAGE_FORMATS = ("rgb8", "bgr8", "jpeg")
-DEFAULT_START_NS = 1_700_000_000 * 1_000_000_000
+DEFAULT_START_NS = 1_700_000_000 * NS_PER_S
 JPEG_FORMAT = "rgb8; jpeg compressed bgr8"
-_NS_PER_S = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -69,7 +68,7 @@ class _Messages:
         self._roi = types["sensor_msgs/msg/RegionOfInterest"]
 
     def header(self, stamp_ns: int, frame_id: str):
-        sec, nanosec = divmod(int(stamp_ns), _NS_PER_S)
+        sec, nanosec = divmod(int(stamp_ns), NS_PER_S)
         return self._header(stamp=self._time(sec=sec, nanosec=nanosec), frame_id=frame_id)
 
     def image(self, header, array: np.ndarray, encoding: str):
@@ -145,5 +144,5 @@ def write_synthetic_bag(path: str | os.PathLike, config: SyntheticConfig = Synth
                 bar.update(frame.index + 1 - bar.n)
     path = Path(path)
     size = path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.iterdir())
-    duration = (stamps[-1] - stamps[0]) / _NS_PER_S if stamps else math.nan
+    duration = (stamps[-1] - stamps[0]) / NS_PER_S if stamps else math.nan
     return SynthResult(path, written, len(drive) - written, image_topic, duration, size, time.perf_counter() - began)
