@@ -117,6 +117,9 @@ def run(args) -> int:
     from sdcpc_core.data.synthetic import SyntheticConfig
     from sdcpc_core.runtime.streaming import resolve_checkpoint
 
+    from .bag.cli import require_ros
+
+    require_ros("the demo")
     from .bag.live import evaluate_live
     from .bag.scoring import EvalOutputs, summary_numbers
     from .bag.synth import write_synthetic_bag

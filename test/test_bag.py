@@ -5,6 +5,7 @@ Cityscapes classes, 64x96 network input) written by the tests.
 """
 import json
 import re
+import sys
 from pathlib import Path
 
 import cv2
@@ -326,6 +327,12 @@ def test_cli_user_errors_are_one_sentence(tmp_path, capsys, drive_bag, checkpoin
         assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, (argv, err)
         assert re.search(pattern, err), (argv, err)
     assert not (tmp_path / "p").exists() and not (tmp_path / "n" / "report").exists()
+
+
+def test_cli_without_ros_says_how_to_install_it(capsys, monkeypatch, drive_bag):
+    monkeypatch.setitem(sys.modules, "rclpy", None)  # as if rclpy were not installed
+    code, _, err = _cli(capsys, "play", drive_bag)
+    assert code == 2 and "sdcpc-bag play needs the ROS 2 Python packages" in err and "pip install -e '.[ros]'" in err
 
 
 def test_params_file_sets_the_node_parameters(tmp_path, checkpoint):

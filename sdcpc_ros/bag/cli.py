@@ -145,6 +145,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def require_ros(what: str) -> None:
+    """``ValueError`` naming the install step when rclpy and the message packages cannot be imported."""
+    import importlib
+
+    try:
+        for module in ("rclpy", "sensor_msgs.msg"):
+            importlib.import_module(module)
+    except ImportError as error:
+        raise ValueError(f"{what} needs the ROS 2 Python packages ({error}); install them with the 'ros' extra "
+                         "(pip install -e '.[ros]', as 'make venv' does) or source a ROS 2 installation") from None
+
+
 def user_errors(run: Command, errors: tuple[type[BaseException], ...] = (ValueError, OSError)) -> Command:
     """``run`` for ``run_tool``: ``errors`` (a user's mistakes: BagError, ParameterError, StartupError,
     unreadable files) become ``UserError`` (one sentence, exit status 2); Ctrl-C is exit status 130.
@@ -234,6 +246,7 @@ def _misplaced(args, names) -> str:
 
 
 def _evaluate(args) -> int:
+    require_ros("sdcpc-bag eval (it runs the segment node's pipeline)")
     from .scoring import EvalOutputs
 
     bag: Path = args.bag
@@ -268,6 +281,7 @@ def _play(args) -> int:
     import os
     import time
 
+    require_ros("sdcpc-bag play")
     from .io import BagReader
     from .play import BagPlayer, RosSession, parse_remaps
 
