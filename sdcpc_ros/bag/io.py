@@ -13,7 +13,10 @@ a bag that looks finished. An existing target is refused unless ``overwrite``.
 
 Message stores (``distro``): ``humble``, ``jazzy``, ``kilted``. They choose the message definitions
 and type hashes written into new bags and the definitions used to read old bags that embed none
-(SQLite bags from Humble and earlier).
+(SQLite bags from Humble and earlier). ``rosbags`` writes rosbag2 metadata version 8 (``humble``,
+``jazzy``) or 9 (``kilted``); Humble's ``ros2 bag`` cannot parse a folder's ``metadata.yaml`` of
+that version, but reads a single storage file (``NAME.mcap`` / ``NAME.db3``, rosbag2 0.15.3 and
+newer), so write single files for Humble.
 """
 from __future__ import annotations
 
