@@ -2,7 +2,8 @@
 #
 #   make venv    create $(VENV) with the package (editable) and the test tools
 #   make test    run the test suite
-#   make demo    run the demo
+#   make demo    the end-to-end ROS 2 demo: a synthetic drive played into the real
+#                segment node, its masks recorded and scored (out/demo/)
 #   make clean   remove build outputs and caches (distclean: also $(VENV))
 #
 # VENV=path puts the virtual environment elsewhere; EXTRAS=test skips the ROS 2
@@ -31,7 +32,7 @@ $(STAMP): setup.py setup.cfg constraints.txt
 	touch $@
 
 demo: venv
-	$(PY) -m sdcpc_core.demo
+	$(PY) -m sdcpc_ros.demo --out out/demo
 
 test: venv
 	$(PY) -m pytest -q -ra test

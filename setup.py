@@ -129,7 +129,6 @@ setup(
     entry_points={
         'console_scripts': [
             'sdcpc-model-info = sdcpc_core.tools.model_info:main',
-            'sdcpc-demo = sdcpc_core.demo:main',
             'sdcpc-export = sdcpc_core.tools.export:main',
             'sdcpc-synth = sdcpc_core.tools.synth:main',
             'sdcpc-train = sdcpc_core.tools.train:main',

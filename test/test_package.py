@@ -129,7 +129,8 @@ def test_colcon_build(colcon_install, tmp_path):
         'share/sdcpc_ros/launch/two_cameras.launch.py',
         'share/sdcpc_ros/config/segment.yaml',
         'lib/sdcpc_ros/sdcpc-model-info',
-        'lib/sdcpc_ros/sdcpc-demo',
+        'lib/sdcpc_ros/sdcpc-bag',
+        'lib/sdcpc_ros/segment_node',
         'lib/sdcpc_ros/segment_node',
         'lib/sdcpc_ros/segment_lifecycle_node',
     ):
