@@ -131,7 +131,9 @@ def test_colcon_build(colcon_install, tmp_path):
         'lib/sdcpc_ros/sdcpc-model-info',
         'lib/sdcpc_ros/sdcpc-bag',
         'lib/sdcpc_ros/segment_node',
-        'lib/sdcpc_ros/segment_node',
+        'lib/sdcpc_ros/sdcpc-train',
+        'lib/sdcpc_ros/sdcpc-eval',
+        'lib/sdcpc_ros/sdcpc-synth',
         'lib/sdcpc_ros/segment_lifecycle_node',
     ):
         assert (prefix / rel).is_file(), f'{rel} is missing from the install tree'

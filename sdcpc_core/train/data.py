@@ -82,8 +82,8 @@ class ClipStream(Dataset):
             except UnreadableImageError as error:
                 unreadable.append(error.path)
                 continue
-            labels = list(clip.labels) if clip.labels is not None else [None] * (len(clip.frames) - 1)
-            labels[-1] = clip.label
+            labels = list(clip.labels) if clip.labels is not None else [None] * len(clip.frames)
+            labels[-1] = clip.label  # the target's, also for a split without masks (all 255)
             out = self.transform(clip.frames, labels, rng)
             return {"images": out["images"], "labels": out["labels"], "unreadable": unreadable}
         raise RuntimeError(f"{MAX_DRAWS} clips in a row had an unreadable image (the last: {unreadable[-1]}); "
@@ -112,19 +112,20 @@ def collate_clips(samples: list[dict]) -> dict:
             "unreadable": [path for s in samples for path in s["unreadable"]]}
 
 
-def _worker_init(_: int) -> None:
-    import cv2
-
-    cv2.setNumThreads(1)  # each worker is one process; OpenCV's own threads would oversubscribe the cores
-
-
 def build_loader(stream: ClipStream, micro_batch: int, world_size: int, rank: int, start: int, num_workers: int,
                  pin_memory: bool) -> DataLoader:
-    """Loader of this process's micro-batches from sample ``start`` on (in order; workers prefetch)."""
+    """Loader of this process's micro-batches from sample ``start`` on (in order; workers prefetch).
+
+    With workers, OpenCV is switched to one thread first: its thread pool does not survive ``fork``, and
+    a worker forked after the pool had started hangs in it (each worker is a process of its own anyway).
+    """
+    if num_workers:
+        import cv2
+
+        cv2.setNumThreads(0)
     sampler = ClipStreamSampler(stream, world_size, rank, start)
     return DataLoader(stream, batch_size=micro_batch, sampler=sampler, num_workers=num_workers,
                       collate_fn=collate_clips, pin_memory=pin_memory,
-                      worker_init_fn=_worker_init if num_workers else None,
                       # the workers' base seed comes from here, not from the global RNG the trainer seeds per step
                       generator=torch.Generator().manual_seed(stream.seed))
 

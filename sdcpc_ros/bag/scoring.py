@@ -32,6 +32,7 @@ from .io import (CAMERA_INFO_TOPIC, CAMERA_INFO_TYPE, COMPRESSED_TOPIC, COMPRESS
 __all__ = ["BagEvaluation", "EvalOutputs", "EvalTopics", "FrameMatcher", "frame_ranges", "label_array", "note",
            "overlay_indices", "summary_numbers"]
 
+
 @dataclass(frozen=True)
 class EvalTopics:
     """The topics one evaluation reads; ``label`` / ``camera_info`` None: not used."""
