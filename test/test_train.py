@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,8 @@ from sdcpc_core.checkpoints import read_class_list, save_weights  # noqa: E402
 from sdcpc_core.models import build_model  # noqa: E402
 from sdcpc_core.train.checkpointing import STATE_FILE, WEIGHTS_FILE, latest_checkpoint, list_checkpoints  # noqa: E402
 from sdcpc_core.train.config import ConfigError, ScheduleSection, TrainConfig, config_from_dict, load_config  # noqa: E402
-from sdcpc_core.train.data import ClipStream, ClipStreamSampler, build_transform, open_reader  # noqa: E402
+from sdcpc_core.train.data import (ClipStream, ClipStreamSampler, build_loader, build_transform,  # noqa: E402
+                                   open_reader)
 from sdcpc_core.train.logs import read_log  # noqa: E402
 from sdcpc_core.train.optim import lr_factor, parameter_groups  # noqa: E402
 from sdcpc_core.train.trainer import DistEnv, SetupError, Trainer, TrainingDiverged  # noqa: E402
@@ -165,6 +167,21 @@ def test_clip_stream_is_a_function_of_the_index_and_is_dealt_to_processes(tree):
     assert (first["labels"] != 255).any(dim=(1, 2)).all()  # VSPW labels every frame: static CE uses them all
     dealt = [list(ClipStreamSampler(stream, 2, rank, start=4)) for rank in (0, 1)]
     assert dealt == [[4, 6, 8, 10], [5, 7, 9, 11]]
+
+
+def test_loader_workers_start_after_opencv_used_threads_here(tree):
+    """Forked workers must not hang on OpenCV's thread pool, started here by an earlier in-process run."""
+    config = tiny_config(tree, tree / "unused")
+    reader = open_reader(config.data, "train", all_labels=True)
+    stream = ClipStream(reader, reader.make_sampler(0.3), build_transform(config.data), seed=0, length=8)
+    cv2.setNumThreads(2)
+    cv2.resize(np.zeros((1000, 1000, 3), np.uint8), (1500, 1500))  # starts the pool in this process
+    time.sleep(0.5)  # its threads go from spinning to waiting, the state a fork copies without the threads
+    loader = build_loader(stream, 2, world_size=1, rank=0, start=0, num_workers=2, pin_memory=False)
+    loader.timeout = 30  # a hang becomes an error
+    batches = list(loader)
+    assert [b["images"].shape for b in batches] == [(2, 4, 3, 64, 64)] * 4
+    assert torch.equal(batches[1]["images"][0], stream[2]["images"])  # the workers build the same samples
 
 
 def test_unreadable_image_is_skipped_and_reported(tmp_path):

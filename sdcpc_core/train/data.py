@@ -116,8 +116,9 @@ def build_loader(stream: ClipStream, micro_batch: int, world_size: int, rank: in
                  pin_memory: bool) -> DataLoader:
     """Loader of this process's micro-batches from sample ``start`` on (in order; workers prefetch).
 
-    With workers, OpenCV is switched to one thread first: its thread pool does not survive ``fork``, and
-    a worker forked after the pool had started hangs in it (each worker is a process of its own anyway).
+    With workers, OpenCV runs single-threaded (each worker is a process of its own; OpenCV's pool would put
+    more threads than cores to work). It is set here, in this process: a forked worker must not touch the
+    pool it inherited (``cv2.setNumThreads`` there waits forever on the parent's pool threads).
     """
     if num_workers:
         import cv2
