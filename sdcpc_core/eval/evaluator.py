@@ -44,7 +44,7 @@ from ..models.sdcpc import SDCPC
 from .metrics import VC_MODES, ConfusionMatrix, video_consistency
 from .report import EvaluationReport, overlay
 
-__all__ = ["evaluate", "EVAL_MODES", "CONSISTENCY_WINDOWS"]
+__all__ = ["evaluate", "EVAL_MODES", "CONSISTENCY_WINDOWS", "Scorer"]
 
 EVAL_MODES = ("clip", "streaming")
 CONSISTENCY_WINDOWS = (8, 16)  # the mVC_n window lengths reported
@@ -97,7 +97,7 @@ def _label_map(logits: torch.Tensor, area_hw: tuple[int, int], out_hw: tuple[int
     return labels.cpu().numpy().astype(dtype)
 
 
-class _Scorer:
+class Scorer:
     """Accumulates the scores of one evaluation, video by video."""
 
     def __init__(self, classes: ClassList, consistency_mode: str, overlay_slots: set[int],
@@ -152,7 +152,7 @@ def _sync(device: torch.device) -> None:
 
 
 def _run_clips(model: SDCPC, dataset, videos: Sequence[int], transform: ClipEvalTransform, device: torch.device,
-               scorer: _Scorer, latency: dict[str, list[float]], progress) -> int:
+               scorer: Scorer, latency: dict[str, list[float]], progress) -> int:
     """Clip mode; returns the number of frames that went through the backbone."""
     encoded = 0
     for v in videos:
@@ -175,7 +175,7 @@ def _run_clips(model: SDCPC, dataset, videos: Sequence[int], transform: ClipEval
 
 
 def _run_streaming(model: SDCPC, dataset, videos: Sequence[int], transform: ClipEvalTransform,
-                   device: torch.device, scorer: _Scorer, latency: dict[str, list[float]], progress) -> int:
+                   device: torch.device, scorer: Scorer, latency: dict[str, list[float]], progress) -> int:
     """Streaming mode; returns the number of frames fed to the segmenter."""
     from ..runtime.streaming import StreamingSegmenter
 
@@ -257,7 +257,7 @@ def evaluate(model: SDCPC, dataset, classes: ClassList, *, mode: str = "clip", c
     scored_total = sum(len(t) for t in labelled)
     steps = scored_total if mode == "clip" else sum(max(t) + 1 for t in labelled if t)
     slots = set(np.linspace(0, max(scored_total - 1, 0), int(num_overlays)).round().astype(int).tolist())
-    scorer = _Scorer(classes, consistency_mode, slots, on_frame)
+    scorer = Scorer(classes, consistency_mode, slots, on_frame)
     latency: dict[str, list[float]] = {}
     transform = ClipEvalTransform(short_side=int(short_side))
 

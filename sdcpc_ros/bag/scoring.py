@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from sdcpc_core.classes import ClassList
-from sdcpc_core.eval.evaluator import CONSISTENCY_WINDOWS, _Scorer
+from sdcpc_core.eval.evaluator import CONSISTENCY_WINDOWS, Scorer
 from sdcpc_core.eval.report import EvaluationReport, overlay
 
 from ..image_codec import ImageDecodeError, image_to_array
@@ -147,7 +147,7 @@ class FrameMatcher:
         self.video = video
         self.where = f", {where}" if where else ""  # names the bag and label topic in errors
         self.labelled = labelled
-        self.scorer = _Scorer(classes, consistency_mode, set(), None)
+        self.scorer = Scorer(classes, consistency_mode, set(), None)
         self.overlays: list[np.ndarray] = []
         self.unlabelled: list[int] = []
         self.dropped: list[int] = []
