@@ -286,6 +286,39 @@ def test_init_from_a_segformer_of_another_class_count(tree, tmp_path):
         Trainer(tiny_config(tree, tmp_path / "other"), init_from=str(tmp_path / "b1.safetensors"), env=DistEnv())
 
 
+def test_run_log_mirrors_scalars_to_tensorboard_when_installed(tmp_path, monkeypatch):
+    """tensorboard is optional (absent here): a stand-in SummaryWriter records what the log sends it."""
+    import sys
+    import types
+
+    from sdcpc_core.train.logs import RunLog
+
+    written = []
+
+    class Writer:
+        def __init__(self, log_dir):
+            written.append(("dir", log_dir))
+
+        def add_scalar(self, tag, value, step):
+            written.append((tag, value, step))
+
+        def flush(self):
+            pass
+
+        def close(self):
+            written.append(("closed",))
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=Writer))
+    log = RunLog(tmp_path, resume_from=None)
+    log.write({"kind": "train", "iter": 5, "loss": 1.5, "lr": 0.1})
+    log.write({"kind": "val", "iter": 5, "mIoU": 40.0, "mVC8": None, "mode": "clip"})
+    log.write({"kind": "event", "iter": 5, "event": "checkpoint"})
+    log.close()
+    assert written == [("dir", str(tmp_path / "tensorboard")), ("train/loss", 1.5, 5), ("train/lr", 0.1, 5),
+                       ("val/mIoU", 40.0, 5), ("closed",)]
+    assert [r["kind"] for r in read_log(tmp_path / "log.jsonl")] == ["train", "val", "event"]
+
+
 # ------------------------------------------------------------------------------------ command line
 def run_cli(argv: list[str], capsys) -> tuple[int, str]:
     from sdcpc_core.tools.train import main
