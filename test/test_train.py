@@ -23,7 +23,8 @@ Image = pytest.importorskip("PIL.Image")
 from sdcpc_core.checkpoints import read_class_list, save_weights  # noqa: E402
 from sdcpc_core.models import build_model  # noqa: E402
 from sdcpc_core.train.checkpointing import STATE_FILE, WEIGHTS_FILE, latest_checkpoint, list_checkpoints  # noqa: E402
-from sdcpc_core.train.config import ConfigError, ScheduleSection, TrainConfig, config_from_dict, load_config  # noqa: E402
+from sdcpc_core.train.config import (ConfigError, ScheduleSection, TrainConfig, config_from_dict,  # noqa: E402
+                                     load_config)
 from sdcpc_core.train.data import (ClipStream, ClipStreamSampler, build_loader, build_transform,  # noqa: E402
                                    open_reader)
 from sdcpc_core.train.logs import read_log  # noqa: E402
@@ -255,8 +256,8 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tree, tmp_pat
     with torch.no_grad():
         trainer.model.decode_head.classifier.bias.fill_(math.nan)
     with pytest.raises(TrainingDiverged, match=r"^training stopped at iteration 3: the static cross-entropy loss "
-                                               r"\(nan\), the temporal cross-entropy loss \(nan\) and the MCP-CL loss \(nan\) are "
-                                               r"not finite; "
+                                               r"\(nan\), the temporal cross-entropy loss \(nan\) and the MCP-CL "
+                                               r"loss \(nan\) are not finite; "
                                                r"the last good checkpoint is .*iter_000002 \(iteration 2\)"):
         trainer.fit()
     trainer.close()

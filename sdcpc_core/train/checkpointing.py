@@ -10,6 +10,9 @@ A checkpoint folder is built under a temporary name in ``checkpoints/`` and rena
 are complete; ``latest`` is then replaced (``os.replace``) and the oldest folders beyond ``keep`` are
 removed. A run killed at any moment therefore leaves ``latest`` naming a complete checkpoint.
 ``state.pt`` holds only tensors and plain values and is read with ``torch.load(weights_only=True)``.
+It stores no RNG state: the trainer seeds torch, numpy and python from ``(seed, rank, step)`` at every
+step and the clip stream from ``(seed, sample index)``, so the step and the next sample index are all
+a resume needs, for every process (not only the one that writes checkpoints) and any worker count.
 """
 from __future__ import annotations
 

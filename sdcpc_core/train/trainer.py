@@ -209,8 +209,8 @@ class Trainer:
         if absent or clashes:
             problem = (f"has other shapes ({clashes[0]}, {len(clashes)} in all)" if clashes
                        else f"lacks {len(absent)} of its tensors (e.g. {absent[0]})")
-            raise SetupError(f"--init-from {init_from} ({report.source_format}) does not fit the {self.config.model.variant} "
-                             f"encoder: it {problem}; give weights of the same backbone")
+            raise SetupError(f"--init-from {init_from} ({report.source_format}) does not fit the "
+                             f"{self.config.model.variant} encoder: it {problem}; give weights of the same backbone")
         logger.info("initialised from %s: %s", init_from, report)
 
     def _restore(self, folder: Path) -> None:
@@ -467,7 +467,7 @@ class Trainer:
             dist.destroy_process_group()
 
 
-# ------------------------------------------------------------------------------------- helpers
+# ---------------------------------------------------------------------------------- set-up steps
 def _resolve_device(name: str, env: DistEnv) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise SetupError("runtime.device is cuda but torch sees no CUDA device; use auto or cpu")
