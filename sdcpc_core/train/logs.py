@@ -2,9 +2,10 @@
 
 Every line of ``log.jsonl`` is one JSON object with ``kind``:
 
-* ``train``: ``iter``, ``lr``, ``loss`` and its terms (``static_ce``, ``temporal_ce``, ``mcp``, means
-  over the iterations since the previous record), ``clips_per_s``, ``data_fraction`` (share of the
-  wall time spent waiting for data), ``unreadable_images`` (skipped so far), ``elapsed_s``;
+* ``train``: ``iter``, ``lr`` (backbone rate of the last step), ``loss`` and its terms (``static_ce``,
+  ``temporal_ce``, ``mcp``), ``clips_per_s`` and ``data_fraction`` (share of the time spent waiting for
+  data), all over the steps since the previous record (their own time: waiting for data plus
+  computing, not checkpoints or validation), and ``unreadable_images`` (skipped so far);
 * ``val``: ``iter`` and the validation summary (``mIoU``, ``mVC8``, ``mVC16``, ...);
 * ``event``: ``iter``, ``event`` (``start``, ``resume``, ``checkpoint``, ``diverged``, ``done``) and details.
 

@@ -350,8 +350,8 @@ class Trainer:
         end = cfg.schedule.iterations if until is None else min(until, cfg.schedule.iterations)
         result = TrainResult(self.step, cfg.schedule.iterations)
         self.model.train()
-        window: dict[str, float] = {}
-        window_steps, window_start, window_data = 0, time.perf_counter(), 0.0
+        window: dict[str, float] = {}  # sums since the last log record (step times exclude checkpoints, validation)
+        window_steps, window_seconds, window_data = 0, 0.0, 0.0
         if self.step == cfg.schedule.iterations and not (self.out_dir / FINAL_WEIGHTS).is_file():
             self._finish()  # resumed from the last checkpoint of a run stopped before it finished
         bar = _progress(self.step, cfg.schedule.iterations, self.env.is_main and self.progress)
@@ -370,15 +370,15 @@ class Trainer:
                     result.clips += cfg.data.batch_size
                     result.losses = losses
                     window_steps += 1
+                    window_seconds += elapsed
                     window_data += waited
                     for key, value in losses.items():
                         window[key] = window.get(key, 0.0) + value
                     bar.update(1)
                     bar.set_postfix(loss=f"{losses['loss']:.4f}", clips_s=f"{cfg.data.batch_size / elapsed:.2f}")
                     if self.step % cfg.runtime.log_every == 0 or self.step == end:
-                        now = time.perf_counter()
-                        self._log_train(window, window_steps, now - window_start, window_data)
-                        window, window_steps, window_start, window_data = {}, 0, now, 0.0
+                        self._log_train(window, window_steps, window_seconds, window_data)
+                        window, window_steps, window_seconds, window_data = {}, 0, 0.0, 0.0
                     self._after_step(final=self.step == cfg.schedule.iterations)
                     if self.step >= end:
                         break
