@@ -529,13 +529,10 @@ def test_invalid_parameters_are_refused_at_start_up(graph, checkpoint, params, w
     assert str(caught.value).startswith(words), str(caught.value)
 
 
-def test_default_model_name_fails_with_the_checkpoint_message(graph):
-    with pytest.raises(StartupError, match="parameter 'model' .*unknown checkpoint name 'sdcpc_b0_synthetic'"):
-        SegmentNode(context=graph.context, namespace=f"/t{next(_names)}")
-
-
 @pytest.mark.parametrize("params, words", [
     ({"model": "missing/model.safetensors"}, r"parameter 'model' \('missing/model.safetensors'\): .*not found"),
+    ({"model": "no_such_model"},
+     r"parameter 'model' .*unknown checkpoint name 'no_such_model' \(shipped names: sdcpc_b0_synthetic\)"),
     ({"class_palette_file": "cityscapes"}, "class list of cityscapes has 19 classes but the model predicts 5"),
     ({"class_palette_file": "missing.yaml"}, "parameter 'class_palette_file': class list file not found"),
     ({"device": "cuda:7"}, "parameter 'device' is 'cuda:7' but this machine has"),

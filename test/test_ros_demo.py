@@ -57,7 +57,8 @@ def test_demo_plays_into_the_node_and_scores_its_masks(tmp_path, checkpoint, dem
     monkeypatch.setattr(demo, "NodeProcess", Recorded)
     out = tmp_path / "demo"
     code = demo.main(["--model", str(checkpoint), "--frames", str(FRAMES), "--size", "48x96", "--input-size", "64x96",
-                      "--out", str(out), "--consistency-mode", "corrected", "--no-progress"])
+                      "--out", str(out), "--consistency-mode", "corrected", "--no-progress",
+                      "--seed", "0"])  # a drive whose first FRAMES frames the camera does not drop
     stdout, stderr = capsys.readouterr()
     assert code == 0, stderr[-2000:]
     assert f"demo summary: {FRAMES} frames played at rate 1 (real time)" in stdout
