@@ -19,8 +19,7 @@ The first ``--warmup`` steps of every case (worker start-up, first allocations) 
 trainer logs every ``--warmup`` steps and only the records after the first are used.
 
 Data: ``--data`` or, by default, a temporary synthetic set (``sdcpc_core.data.synthetic``, two
-40-frame videos at 240x480, Cityscapes classes) when that module is present, else random frames
-and labels in the same layout.
+40-frame videos at 240x480, Cityscapes classes).
 """
 from __future__ import annotations
 
@@ -30,7 +29,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -59,29 +57,11 @@ def _parse_args(argv=None):
 
 def _write_data(root: Path) -> str:
     """A small training set in the VSPW layout; returns what it is."""
-    try:
-        from sdcpc_core.data.synthetic import SyntheticConfig, write_vspw
-    except ImportError:
-        return _write_random(root)
+    from sdcpc_core.data.synthetic import SyntheticConfig, write_vspw
+
     write_vspw(root, videos={"train": [0, 1], "val": [1000]}, config=SyntheticConfig(num_frames=FRAMES),
                progress=False)
     return f"synthetic (2 videos of {FRAMES} frames, 240x480)"
-
-
-def _write_random(root: Path) -> str:
-    import cv2
-
-    rng = np.random.default_rng(0)
-    for video in ("random_0", "random_1"):
-        for folder in ("origin", "mask"):
-            (root / "data" / video / folder).mkdir(parents=True)
-        for k in range(FRAMES):
-            image = rng.integers(0, 256, (240, 480, 3), dtype=np.uint8)
-            mask = np.repeat(rng.integers(1, 20, (15, 30), dtype=np.uint8), 16, axis=0).repeat(16, axis=1)
-            cv2.imwrite(str(root / "data" / video / "origin" / f"{k:08d}.jpg"), image)
-            cv2.imwrite(str(root / "data" / video / "mask" / f"{k:08d}.png"), mask)
-    (root / "train.txt").write_text("random_0\nrandom_1\n")
-    return f"random frames (2 videos of {FRAMES} frames, 240x480, 19 classes)"
 
 
 def run_case(base: dict, data_root: Path, out: Path, crop, workers: int, args) -> tuple[float, float]:
