@@ -1,6 +1,5 @@
 """The shipped demo model (sdcpc_core/assets/sdcpc_b0_synthetic.safetensors): loadable by its short
 name, small, carrying its class list, and trained (it segments held-out synthetic frames)."""
-import numpy as np
 
 from sdcpc_core.checkpoints import read_class_list
 from sdcpc_core.data.synthetic import SYNTHETIC_CLASSES, SyntheticConfig, SyntheticDrive
