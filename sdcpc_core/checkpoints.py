@@ -68,7 +68,6 @@ import json
 import os
 import pickle
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
@@ -77,6 +76,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from .io import atomic_write
 from .classes import ClassList
 from .models import SDCPC, SDCPCConfig
 from .models.mit import MIT_SPECS
@@ -585,20 +585,7 @@ def save_weights(model: SDCPC, path: str | os.PathLike, *, metadata: dict | None
     state = {k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in model.state_dict().items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        save_file(state, temporary, metadata=header)
-        descriptor = os.open(temporary, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+    atomic_write(path, lambda temporary: save_file(state, temporary, metadata=header), fsync=True)
 
 
 def load_model(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> SDCPC:

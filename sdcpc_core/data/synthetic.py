@@ -63,6 +63,7 @@ from typing import Iterator, NamedTuple
 import numpy as np
 
 from ..classes import CLASS_LISTS_DIR, ClassList
+from ..io import atomic_write
 
 __all__ = ["SYNTHETIC_CLASSES", "CORRUPTIONS", "SyntheticConfig", "SyntheticFrame", "SyntheticDrive",
            "write_vspw", "video_name"]
@@ -1180,14 +1181,8 @@ def video_name(seed: int) -> str:
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
-    """Writes ``data`` under a temporary name in the same folder (unique to this process), then
-    renames it onto ``path``: readers see the old file or the complete new one, never a part."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    """Writes ``data`` to ``path`` atomically."""
+    atomic_write(path, lambda temporary: Path(temporary).write_bytes(data))
 
 
 def _encode(extension: str, array: np.ndarray, params: list[int]) -> bytes:

@@ -32,7 +32,6 @@ import datetime
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
@@ -40,6 +39,7 @@ from typing import Iterable, Iterator
 
 import torch
 
+from ..io import atomic_write
 from ..models.sdcpc import SDCPC
 from .export import TEMPORAL_INPUTS, TEMPORAL_OUTPUTS, encode_output_names, export_programs
 
@@ -74,26 +74,12 @@ def model_sha256(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-# ------------------------------------------------------------------------------- atomic writes
-def _atomic_write(target: Path, write) -> None:
-    """Calls ``write(temporary_path)`` then renames the temporary file onto ``target``."""
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, target)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-
-
 def _write_json(target: Path, data: dict) -> None:
     def write(path: str) -> None:
         with open(path, "w", encoding="utf-8") as handle:
             json.dump(data, handle, indent=2)
             handle.write("\n")
-    _atomic_write(target, write)
+    atomic_write(target, write)
 
 
 # ------------------------------------------------------------------------------------- export
@@ -162,7 +148,7 @@ def export_onnx(
         proto = onnx_program.model_proto
         _strip_metadata(proto)
         target = out_dir / GRAPH_FILES[name]
-        _atomic_write(target, lambda path, proto=proto: onnx.save_model(proto, path))
+        atomic_write(target, lambda path, proto=proto: onnx.save_model(proto, path))
         graphs[name] = {
             "file": target.name,
             "sha256": sha256_file(target),

@@ -30,13 +30,13 @@ import inspect
 import json
 import logging
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 
+from ..io import atomic_write
 from ..models.sdcpc import SDCPC, FrameCache
 from .backends import PRECISIONS, Backend
 from .export import example_inputs, export_programs
@@ -138,15 +138,7 @@ class EngineCache:
                 path.unlink(missing_ok=True)
         module = build()
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=ENGINE_SUFFIX)
-        os.close(handle)
-        try:
-            self.saver(module, temporary, inputs)
-            os.replace(temporary, path)
-        except BaseException:
-            if os.path.exists(temporary):
-                os.remove(temporary)
-            raise
+        atomic_write(path, lambda temporary: self.saver(module, temporary, inputs), suffix=ENGINE_SUFFIX)
         return module
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoints import load_weights, save_weights
-from ..runtime.onnx_export import _atomic_write as atomic_write  # the package's one atomic file writer
+from ..io import atomic_write
 
 CHECKPOINTS_DIR = "checkpoints"
 LATEST = "latest"

@@ -1,0 +1,33 @@
+"""Atomic file writes: readers see the old file or the complete new one, never a part."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+
+def atomic_write(target: str | os.PathLike, write: Callable[[str], None], *, suffix: str = ".tmp",
+                 fsync: bool = False) -> None:
+    """Calls ``write(temporary_path)`` for a fresh file in ``target``'s folder, then renames it onto
+    ``target``; the temporary file is removed if anything fails. ``suffix`` keeps the extension a
+    writer may need; ``fsync`` flushes the file to disk before the rename."""
+    target = Path(target)
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=suffix)
+    os.close(handle)
+    try:
+        write(temporary)
+        if fsync:
+            descriptor = os.open(temporary, os.O_RDONLY)
+            try:
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+        os.replace(temporary, target)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+__all__ = ["atomic_write"]
