@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from sdcpc_core.models import VARIANTS, FrameCache, build_model, list_models
+from sdcpc_core.models.decode_head import SegFormerHead
 from sdcpc_core.models.dssa import perceptual_difference, selection_scores
 from sdcpc_core.models.layers import adaptive_avg_pool
 from sdcpc_core.models.resnet import DilatedResNet
@@ -123,6 +124,31 @@ def test_baseline_is_segformer_and_streaming_is_static():
     assert logits.shape == (1, 5, 16, 16)
     assert clip.embeddings is None
     assert torch.equal(clip.temporal_logits, logits) and torch.equal(streamed, logits)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_head_fusion_per_level_equals_the_concatenated_1x1_convolution(training):
+    """SegFormer's fusion ``relu(bn(conv1x1(cat(up(p_3), up(p_2), up(p_1), p_0))))``: values and gradients."""
+    torch.manual_seed(0)
+    head = SegFormerHead((8, 16, 24, 32), 12, 5).double().train(training)
+    with torch.no_grad():
+        head.bn.running_mean.normal_()
+        head.bn.running_var.uniform_(0.5, 2.0)
+        head.bn.weight.normal_()
+        head.bn.bias.normal_()
+    levels = [torch.randn(2, 12, 16 // s, 24 // s, dtype=torch.float64, requires_grad=True) for s in (1, 2, 4, 8)]
+    up = [levels[0]] + [F.interpolate(p, size=(16, 24), mode="bilinear", align_corners=False) for p in levels[1:]]
+    reference_bn = torch.nn.BatchNorm2d(12).double().train(training)
+    reference_bn.load_state_dict(head.bn.state_dict())
+    reference = F.relu(reference_bn(F.conv2d(torch.cat(up[::-1], dim=1), head.linear_fuse.weight)))
+    fused = head.fuse(levels)
+    torch.testing.assert_close(fused, reference, rtol=1e-10, atol=1e-10)
+    grad = torch.randn_like(fused)
+    expected = torch.autograd.grad(reference, levels + [head.linear_fuse.weight], grad)
+    actual = torch.autograd.grad(fused, levels + [head.linear_fuse.weight], grad)
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(head.bn.running_mean, reference_bn.running_mean)  # same batch statistics
 
 
 def test_sdcpc_at_initialisation_predicts_what_its_segformer_predicts():

@@ -17,6 +17,29 @@ class PointwiseLinear(nn.Linear):
         return F.conv2d(x, self.weight[:, :, None, None], self.bias)
 
 
+class LevelFusion(nn.Conv2d):
+    """SegFormer's ``linear_fuse`` (same parameters): a 1x1 convolution of the concatenated levels
+    ``cat(up(p_3), up(p_2), up(p_1), p_0)``, computed as ``sum_i up(W_i p_i)``.
+
+    ``W_i`` is the weight's block for level ``i``. The 1x1 convolution and the bilinear upsampling
+    are both linear and act on different axes, so they commute: each block runs at its level's
+    resolution and the ``(B, 4E, h_0, w_0)`` concatenation is never built (3x fewer multiply-adds
+    for MiT backbones, and no 4E-channel map at 1/4).
+    """
+
+    def forward(self, projected: list[torch.Tensor], scale: torch.Tensor | None = None,
+                shift: torch.Tensor | None = None) -> torch.Tensor:
+        """Levels ``[(B, C/L, h_i, w_i)]``, finest first -> ``(B, E, h_0, w_0)``, optionally times a
+        per-channel ``scale`` ``(E,)`` plus ``shift`` ``(E,)`` (a folded eval-mode batch norm)."""
+        weight = self.weight if scale is None else self.weight * scale.view(-1, 1, 1, 1)
+        blocks = weight.chunk(len(projected), dim=1)[::-1]  # the concatenation puts the deepest level first
+        size = projected[0].shape[-2:]
+        fused = F.conv2d(projected[0], blocks[0], shift)
+        for level, block in zip(projected[1:], blocks[1:]):
+            fused = fused.add_(F.interpolate(F.conv2d(level, block), size=size, mode="bilinear", align_corners=False))
+        return fused
+
+
 class SegFormerHead(nn.Module):
     """Per-level linear projection to ``embed_dim``, upsampling to 1/4, 1x1 fusion, classifier.
 
@@ -28,7 +51,7 @@ class SegFormerHead(nn.Module):
     def __init__(self, in_channels: tuple[int, ...], embed_dim: int, num_classes: int, dropout: float = 0.1) -> None:
         super().__init__()
         self.linear_c = nn.ModuleList(PointwiseLinear(c, embed_dim) for c in in_channels)
-        self.linear_fuse = nn.Conv2d(embed_dim * len(in_channels), embed_dim, 1, bias=False)
+        self.linear_fuse = LevelFusion(embed_dim * len(in_channels), embed_dim, 1, bias=False)
         self.bn = nn.BatchNorm2d(embed_dim)
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(embed_dim, num_classes, 1)
@@ -38,10 +61,16 @@ class SegFormerHead(nn.Module):
         return [linear(f) for linear, f in zip(self.linear_c, features)]
 
     def fuse(self, projected: list[torch.Tensor]) -> torch.Tensor:
-        size = projected[0].shape[-2:]
-        upsampled = [projected[0]] + [
-            F.interpolate(p, size=size, mode="bilinear", align_corners=False) for p in projected[1:]]
-        return F.relu(self.bn(self.linear_fuse(torch.cat(upsampled[::-1], dim=1))))
+        """Per-level maps ``[(B, E, h_i, w_i)]`` -> fused feature ``(B, E, h_0, w_0)``.
+
+        In eval mode the batch norm's running statistics are folded into the fusion, so the 1/4 map
+        is written once and then only updated in place (on a CPU each full pass over that map costs
+        about as much as a convolution).
+        """
+        if self.training:
+            return F.relu(self.bn(self.linear_fuse(projected)), inplace=True)
+        scale = self.bn.weight * torch.rsqrt(self.bn.running_var + self.bn.eps)
+        return self.linear_fuse(projected, scale, self.bn.bias - self.bn.running_mean * scale).relu_()
 
     def classify(self, fused: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.dropout(fused))
