@@ -94,13 +94,14 @@ class FrameCache:
     features: S ``(B, E, H/8, W/8)``; kv: reference keys/values ``(B, 2 window_dim, H/8, W/8)``;
     coarse: S pooled ``(B, E, H/32, W/32)``; probs: class probabilities ``(B, K, H/32, W/32)``;
     logits: static logits ``(B, K, ceil(H0/4), ceil(W0/4))`` of the unpadded size H0 x W0, only
-    needed while the frame is the target (``without_logits`` drops them before caching).
+    needed while the frame is the target (``without_logits`` drops them before caching). A per-frame
+    model (no temporal part) fills in only the logits.
     """
 
-    features: torch.Tensor
+    features: torch.Tensor | None
     kv: torch.Tensor | None
-    coarse: torch.Tensor
-    probs: torch.Tensor
+    coarse: torch.Tensor | None
+    probs: torch.Tensor | None
     logits: torch.Tensor | None = None
 
     def without_logits(self) -> "FrameCache":
@@ -165,20 +166,20 @@ class SDCPC(nn.Module):
         x = pad_to_multiple(image, SIZE_MULTIPLE)
         levels = self.decode_head.project(self.backbone(x))
         fused = self.decode_head.fuse(levels)
-        features = F.avg_pool2d(fused, 2)
         logits = self.decode_head.classify(fused)
-        kv = None
-        if self.config.temporal:
-            aligned = self.ssea(features, levels)
-            features = features + aligned
-            # classifier(F4 + up2(A)) computed as classifier(F4) + up2(W A): the 1x1 classifier and the
-            # bilinear upsampling commute, and upsampling K class maps is far cheaper than E features.
-            correction = self.decode_head.classify_residual(aligned)
-            logits = logits + F.interpolate(correction, size=logits.shape[-2:], mode="bilinear", align_corners=False)
-            kv = self.dssa.fine.project_kv(features)
+        crop = (..., slice(0, ceil_div(h0, 4)), slice(0, ceil_div(w0, 4)))
+        if not self.config.temporal:
+            return FrameCache(None, None, None, None, logits[crop])
+        features = F.avg_pool2d(fused, 2)
+        aligned = self.ssea(features, levels)
+        features = features + aligned
+        # classifier(F4 + up2(A)) computed as classifier(F4) + up2(W A): the 1x1 classifier and the
+        # bilinear upsampling commute, and upsampling K class maps is far cheaper than E features.
+        correction = self.decode_head.classify_residual(aligned)
+        logits = logits.add_(F.interpolate(correction, size=logits.shape[-2:], mode="bilinear", align_corners=False))
+        kv = self.dssa.fine.project_kv(features)
         probs = F.avg_pool2d(logits.detach().softmax(dim=1), 8)
-        logits = logits[..., : ceil_div(h0, 4), : ceil_div(w0, 4)]
-        return FrameCache(features, kv, F.avg_pool2d(features, 4), probs, logits)
+        return FrameCache(features, kv, F.avg_pool2d(features, 4), probs, logits[crop])
 
     # ---------------------------------------------------------------- temporal branch
     def temporal_features(
