@@ -1,5 +1,6 @@
 """Tests of the dataset evaluator (clip and streaming modes) and the ``sdcpc-eval`` command."""
 
+import copy
 import json
 import math
 
@@ -192,6 +193,34 @@ def test_cli_writes_the_report(checkpoint, vspw_root, tmp_path, capsys):
     assert main(argv) == 2  # the folder exists now
     assert capsys.readouterr().err.strip() == f"sdcpc-eval: error: output folder {out} already exists; pass " \
                                               "--overwrite to replace it"
+
+
+def test_cli_switch_off_is_a_test_time_ablation(tiny_temporal_model, checkpoint, vspw_root, dataset, tmp_path, capsys):
+    """``--switch-off dssa`` scores exactly what the model gives with the DSSA residual zeroed."""
+    from sdcpc_core.models.sdcpc import ALIGNMENTS
+    from sdcpc_core.tools.evaluate import ALIGNMENTS as TOOL_ALIGNMENTS
+
+    assert TOOL_ALIGNMENTS == ALIGNMENTS
+    out = tmp_path / "no_dssa"
+    assert main(["--checkpoint", str(checkpoint), "--data", str(vspw_root), "--streaming", "--short-side",
+                 str(SHORT_SIDE), "--overlays", "0", "--switch-off", "dssa", "--out", str(out)]) == 0
+    summary = json.loads((out / "report.json").read_text())
+    assert summary["info"]["switched_off"] == ["dssa"] and summary["title"].endswith("dssa switched off")
+
+    model = copy.deepcopy(tiny_temporal_model)
+    model.switch_off("dssa")
+    assert torch.count_nonzero(tiny_temporal_model.dssa.gamma) > 0  # the fixture's branch is on
+    expected = evaluate(model, dataset, ClassList.generic(NUM_CLASSES), mode="streaming", short_side=SHORT_SIDE,
+                        num_overlays=0, progress=False).summary()
+    assert summary["mIoU"] == expected["mIoU"] and summary["consistency"] == expected["consistency"]
+    frame = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        current = model.encode_frame(frame)
+        assert torch.equal(model.temporal_step(current, [current]), current.logits)  # DSSA adds nothing
+
+    assert main(["--checkpoint", str(checkpoint), "--data", str(vspw_root), "--switch-off", "ssea_and_dssa",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "invalid choice" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("case, expected", [

@@ -262,3 +262,18 @@ def test_cli_size_multiple_matches_the_model():
     from sdcpc_core.tools import cli
 
     assert cli.SIZE_MULTIPLE == SIZE_MULTIPLE
+
+
+def test_switch_off_zeroes_one_branch_and_refuses_what_it_cannot_do():
+    model = randomise_temporal_scales(build_model("sdcpc_b0", 5, coarse_tokens=4)).eval()
+    baseline = build_model("segformer_b0", 5).eval()
+    baseline.load_state_dict(model.state_dict(), strict=False)
+    model.switch_off("ssea")
+    assert torch.count_nonzero(model.ssea.gamma) == 0 and torch.count_nonzero(model.dssa.gamma) > 0
+    frame = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_frame(frame).logits, baseline(frame))  # SSEA off: SegFormer logits
+    with pytest.raises(ValueError, match="unknown alignment 'mcp'; choose from ssea, dssa"):
+        model.switch_off("mcp")
+    with pytest.raises(ValueError, match="needs an SD-CPC model"):
+        baseline.switch_off("dssa")

@@ -32,6 +32,7 @@ from .ssea import StaticSemanticAlignment
 
 BACKBONES = (*MIT_SPECS, "resnet101")
 SIZE_MULTIPLE = 32
+ALIGNMENTS = ("ssea", "dssa")  # the residual branches a test-time ablation can switch off
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,18 @@ class SDCPC(nn.Module):
         if not self.config.temporal:
             return []
         return [self.ssea.gamma, self.dssa.gamma, self.dssa.gate.conv.weight]
+
+    def switch_off(self, alignment: str) -> None:
+        """Test-time ablation: zeroes the residual scale of ``"ssea"`` or ``"dssa"``, so that branch adds
+        nothing (SSEA off: the static logits are the SegFormer's; DSSA off: the temporal logits are the
+        static ones). The other weights stay as trained."""
+        if not self.config.temporal:
+            raise ValueError(f"switching off {alignment!r} needs an SD-CPC model; this per-frame model has no "
+                             "temporal part")
+        if alignment not in ALIGNMENTS:
+            raise ValueError(f"unknown alignment {alignment!r}; choose from {', '.join(ALIGNMENTS)}")
+        with torch.no_grad():
+            getattr(self, alignment).gamma.zero_()
 
     # ------------------------------------------------------------------ static branch
     def encode_frame(self, image: torch.Tensor) -> FrameCache:

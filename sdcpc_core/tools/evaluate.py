@@ -5,12 +5,14 @@ Example::
     sdcpc-eval --checkpoint model.safetensors --data VSPW_480p [--dataset vspw|cityscapes|camvid]
                [--split val] [--streaming] [--consistency-mode vspw|corrected] [--short-side 480]
                [--max-videos N] [--out DIR] [--overwrite] [--classes NAME_OR_YAML] [--device cpu|cuda]
-               [--overlays N]
+               [--overlays N] [--switch-off ssea|dssa ...]
 
 Clip mode (default) scores each labelled frame from its clip through ``forward_clip``; ``--streaming``
 feeds every video frame by frame through the robot's ``StreamingSegmenter`` (see
 ``sdcpc_core.eval.evaluator``). The class list is ``--classes`` (a shipped name or a YAML file), else
 the checkpoint's own, else ``<data>/classes.yaml`` when it exists, else the data set's shipped list.
+``--switch-off ssea`` / ``dssa`` is a test-time ablation: that branch's residual scale is zeroed
+before evaluating (``SDCPC.switch_off``).
 
 The report folder (``report.json``, ``report.md``, PNG plots; see ``sdcpc_core.eval.report``) is
 written into a temporary folder renamed to ``--out`` at the end; an existing ``--out`` is refused
@@ -27,6 +29,7 @@ from ..eval.metrics import VC_MODES
 from .cli import ToolParser, UserError, at_least, run_tool
 
 PROG = "sdcpc-eval"
+ALIGNMENTS = ("ssea", "dssa")  # SDCPC.switch_off's names, here without importing torch
 DATASETS = ("vspw", "cityscapes", "camvid")
 
 
@@ -51,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--overlays", type=at_least(0), default=8,
                         help="frames drawn as ground truth | prediction overlays (default 8)")
+    parser.add_argument("--switch-off", action="append", choices=ALIGNMENTS, default=[], metavar="BRANCH",
+                        help="test-time ablation: evaluate with this alignment branch's residual zeroed "
+                             f"({' or '.join(ALIGNMENTS)}; repeatable)")
     return parser
 
 
@@ -123,6 +129,8 @@ def _run(args) -> int:
     device = _device(args.device)
     try:
         model = load_model(checkpoint)
+        for alignment in args.switch_off:
+            model.switch_off(alignment)
     except (FileNotFoundError, ValueError) as error:
         raise UserError(str(error)) from None
     classes, classes_source = _class_list(args, checkpoint)
@@ -138,6 +146,9 @@ def _run(args) -> int:
         raise UserError(f"evaluation stopped: {error}") from None
     report.title = f"{checkpoint.stem} on {args.dataset} {args.split} ({mode})"
     report.info = {"checkpoint": str(checkpoint), "data": str(args.data), "classes": classes_source, **report.info}
+    if args.switch_off:
+        report.title += f", {' and '.join(args.switch_off)} switched off"
+        report.info["switched_off"] = list(args.switch_off)
     try:
         write_report(report, out, overwrite=args.overwrite)
     except FileExistsError as error:
