@@ -4,6 +4,7 @@ Run with::
 
     python bench/streaming.py                      # every back end that runs here, both cases, 50 frames
     python bench/streaming.py --backends eager --frames 20 --cases b0
+    python bench/streaming.py --backends eager --sdcpc-options ssea_dim=64 window_dim=32 window_heads=2
 
 What it measures, side by side in one run, on the same device, input size and back end:
 
@@ -70,8 +71,21 @@ def _parse_args(argv=None):
                    help="untimed frames first (default: 5, at least 1)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and frames (default: 0)")
+    p.add_argument("--sdcpc-options", nargs="+", default=[], metavar="KEY=VALUE", type=_option,
+                   help="build_model options for the SD-CPC model only, values read as YAML "
+                        "(e.g. ssea_dim=64 window_dim=32 window_heads=2; default: none)")
     p.add_argument("--worker", nargs=3, metavar=("CASE", "MODELS", "BACKEND"), help=argparse.SUPPRESS)
     return p.parse_args(argv)
+
+
+def _option(text):
+    """``KEY=VALUE`` -> ``(key, value)`` with the value read as YAML."""
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, yaml.safe_load(value)
 
 
 def _peak_rss_bytes():
@@ -98,7 +112,10 @@ def _worker(args, device):
     segmenters, params = {}, {}
     for kind in kinds:
         torch.manual_seed(args.seed)
-        model = build_model(sdcpc_variant if kind == "sdcpc" else segformer_variant, classes, embed_dim=256)
+        if kind == "sdcpc":
+            model = build_model(sdcpc_variant, classes, embed_dim=256, **dict(args.sdcpc_options))
+        else:
+            model = build_model(segformer_variant, classes, embed_dim=256)
         params[kind] = sum(p.numel() for p in model.parameters())
         segmenters[kind] = StreamingSegmenter(model, backend=backend, device=device, precision=args.precision,
                                               input_size=(height, width))
@@ -198,6 +215,8 @@ def main(argv=None):
     print(f"streaming benchmark: SD-CPC (encode + temporal, refs t-9/t-6/t-3) vs per-frame SegFormer, same backbone, "
           f"decoder width 256, input size and back end; torch {torch.__version__}; device {name}; "
           f"precision {args.precision}")
+    if args.sdcpc_options:
+        print("SD-CPC options: " + ", ".join(f"{key}={value}" for key, value in args.sdcpc_options))
     print(f"RANDOM weights (seed {args.seed}), random uint8 frames at camera size = input size (no resize); "
           f"median of {args.frames} frames after {max(args.warmup, 1)} warm-up frames; SD-CPC and SegFormer "
           f"alternate frame by frame in one fresh process per case")
