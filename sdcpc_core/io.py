@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Callable
 
@@ -11,15 +11,13 @@ def atomic_write(target: str | os.PathLike, write: Callable[[str], None], *, suf
                  fsync: bool = False) -> None:
     """Calls ``write(temporary_path)`` for a fresh file in ``target``'s folder, then renames it onto
     ``target``; the temporary file is removed if anything fails. ``suffix`` keeps the extension a
-    writer may need; ``fsync`` flushes the file to disk before the rename. The file gets the
-    permissions a plain ``open(target, "w")`` would give it (0666 minus the umask), not the private
-    0600 of the temporary file."""
+    writer may need; ``fsync`` flushes the file to disk before the rename. The temporary file is
+    created exclusively with mode 0666, so the kernel applies the umask and the result has the
+    permissions a plain ``open(target, "w")`` would give it."""
     target = Path(target)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=suffix)
-    os.close(handle)
+    temporary = _create_temporary(target, suffix)
     try:
         write(temporary)
-        os.chmod(temporary, 0o666 & ~_umask())
         if fsync:
             descriptor = os.open(temporary, os.O_RDONLY)
             try:
@@ -33,19 +31,15 @@ def atomic_write(target: str | os.PathLike, write: Callable[[str], None], *, suf
         raise
 
 
-def _umask() -> int:
-    """The process umask, read without changing it where Linux reports it (``os.umask`` can only be
-    read by setting it, which races with other threads creating files)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+def _create_temporary(target: Path, suffix: str) -> str:
+    """A new empty file ``.<name>.<random><suffix>`` beside ``target`` (``O_EXCL``: never an existing one)."""
+    while True:
+        path = str(target.with_name(f".{target.name}.{secrets.token_hex(6)}{suffix}"))
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return path
+        except FileExistsError:
+            continue
 
 
 __all__ = ["atomic_write"]
