@@ -112,10 +112,8 @@ def _worker(args, device):
     segmenters, params = {}, {}
     for kind in kinds:
         torch.manual_seed(args.seed)
-        if kind == "sdcpc":
-            model = build_model(sdcpc_variant, classes, embed_dim=256, **dict(args.sdcpc_options))
-        else:
-            model = build_model(segformer_variant, classes, embed_dim=256)
+        variant, options = (sdcpc_variant, dict(args.sdcpc_options)) if kind == "sdcpc" else (segformer_variant, {})
+        model = build_model(variant, classes, embed_dim=256, **options)
         params[kind] = sum(p.numel() for p in model.parameters())
         segmenters[kind] = StreamingSegmenter(model, backend=backend, device=device, precision=args.precision,
                                               input_size=(height, width))
