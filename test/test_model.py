@@ -127,8 +127,9 @@ def test_baseline_is_segformer_and_streaming_is_static():
 
 
 @pytest.mark.parametrize("training", [False, True])
-def test_head_fusion_per_level_equals_the_concatenated_1x1_convolution(training):
-    """SegFormer's fusion ``relu(bn(conv1x1(cat(up(p_3), up(p_2), up(p_1), p_0))))``: values and gradients."""
+def test_head_fusion_equals_segformers_projections_and_concatenated_1x1_convolution(training):
+    """SegFormer's head ``relu(bn(conv1x1(cat(up(P_3 c_3), ..., P_0 c_0))))`` with the projections
+    folded into the fusion: values and gradients (features and every weight), batch statistics."""
     torch.manual_seed(0)
     head = SegFormerHead((8, 16, 24, 32), 12, 5).double().train(training)
     with torch.no_grad():
@@ -136,19 +137,40 @@ def test_head_fusion_per_level_equals_the_concatenated_1x1_convolution(training)
         head.bn.running_var.uniform_(0.5, 2.0)
         head.bn.weight.normal_()
         head.bn.bias.normal_()
-    levels = [torch.randn(2, 12, 16 // s, 24 // s, dtype=torch.float64, requires_grad=True) for s in (1, 2, 4, 8)]
-    up = [levels[0]] + [F.interpolate(p, size=(16, 24), mode="bilinear", align_corners=False) for p in levels[1:]]
+        for linear in head.linear_c:
+            linear.bias.normal_()
+    features = [torch.randn(2, c, 16 // s, 24 // s, dtype=torch.float64, requires_grad=True)
+                for c, s in zip((8, 16, 24, 32), (1, 2, 4, 8))]
+    projected = [torch.einsum("bchw,ec->behw", f, linear.weight) + linear.bias.view(1, -1, 1, 1)
+                 for f, linear in zip(features, head.linear_c)]
+    up = [projected[0]] + [F.interpolate(p, size=(16, 24), mode="bilinear", align_corners=False)
+                           for p in projected[1:]]
     reference_bn = torch.nn.BatchNorm2d(12).double().train(training)
     reference_bn.load_state_dict(head.bn.state_dict())
     reference = F.relu(reference_bn(F.conv2d(torch.cat(up[::-1], dim=1), head.linear_fuse.weight)))
-    fused = head.fuse(levels)
+    fused = head.fuse(features)
     torch.testing.assert_close(fused, reference, rtol=1e-10, atol=1e-10)
     grad = torch.randn_like(fused)
-    expected = torch.autograd.grad(reference, levels + [head.linear_fuse.weight], grad)
-    actual = torch.autograd.grad(fused, levels + [head.linear_fuse.weight], grad)
+    inputs = features + [head.linear_fuse.weight] + [p for linear in head.linear_c for p in linear.parameters()]
+    expected = torch.autograd.grad(reference, inputs, grad)
+    actual = torch.autograd.grad(fused, inputs, grad)
     for a, e in zip(actual, expected):
         torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(head.bn.running_mean, reference_bn.running_mean)  # same batch statistics
+
+
+def test_ssea_tokens_pooled_before_the_projection_equal_pooled_projected_maps():
+    torch.manual_seed(0)
+    model = build_model("sdcpc_b0", 5).double()
+    features = [torch.randn(2, c, 48 // s, 72 // s, dtype=torch.float64)
+                for c, s in zip(model.backbone.out_channels, (4, 8, 16, 32))]
+    pooled = model.ssea.pool(features)
+    for level, linear, level_tokens in zip(features, model.decode_head.linear_c, pooled):
+        got = linear(level_tokens)
+        projected = torch.einsum("bchw,ec->behw", level, linear.weight) + linear.bias.view(1, -1, 1, 1)
+        expected = torch.cat([F.adaptive_avg_pool2d(projected, g).flatten(2).transpose(1, 2)
+                              for g in model.config.ssea_grids], dim=1)
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
 
 
 def test_sdcpc_at_initialisation_predicts_what_its_segformer_predicts():

@@ -177,14 +177,14 @@ class SDCPC(nn.Module):
         _check_images(image, 4)
         h0, w0 = image.shape[-2:]
         x = pad_to_multiple(image, SIZE_MULTIPLE)
-        levels = self.decode_head.project(self.backbone(x))
+        levels = self.backbone(x)
         fused = self.decode_head.fuse(levels)
         logits = self.decode_head.classify(fused)
         crop = (..., slice(0, ceil_div(h0, 4)), slice(0, ceil_div(w0, 4)))
         if not self.config.temporal:
             return FrameCache(None, None, None, None, logits[crop])
         features = F.avg_pool2d(fused, 2)
-        aligned = self.ssea(features, levels)
+        aligned = self.ssea(features, levels, self.decode_head.linear_c)
         features = features + aligned
         # classifier(F4 + up2(A)) computed as classifier(F4) + up2(W A): the 1x1 classifier and the
         # bilinear upsampling commute, and upsampling K class maps is far cheaper than E features.

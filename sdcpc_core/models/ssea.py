@@ -1,14 +1,18 @@
 """SSEA: static semantic alignment inside one frame (multi-scale, multi-level correlation).
 
 Every position of the 1/8 feature X attends to a small token set: each backbone level's projected
-map (from the SegFormer head) average-pooled to several grid sizes (default 1, 2, 4, 8), with a
-learned embedding per (level, grid). With four levels that is 4 x (1 + 4 + 16 + 64) = 340 tokens,
+map (the SegFormer head's per-level projection) average-pooled to several grid sizes (default 1, 2,
+4, 8), with a learned embedding per (level, grid). Averaging and the affine projection commute, so
+the backbone levels are pooled first (``pool``, on their C_i channels) and only the pooled tokens go
+through the head's projections (its ``linear_c``, passed in). With four levels that is 4 x (1 + 4 + 16 + 64) = 340 tokens,
 so the cost is O(HW x 340) instead of O((HW)^2); queries, keys and values are ``attn_dim`` wide
 (default 128, half the decoder width: SSEA ran at 4.3 GFLOPs per frame at full width on MiT-B1
 480x853, 8% of the whole SegFormer, for a correlation that needs far fewer channels). The result is a residual scaled by a learned,
 zero-initialised factor, so a model built from SegFormer weights starts as that SegFormer.
 """
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -17,7 +21,7 @@ from .layers import LayerNorm2d, adaptive_avg_pool, map_to_tokens, multihead_att
 
 
 class StaticSemanticAlignment(nn.Module):
-    """Residual ``(B, E, h, w)`` for X ``(B, E, h, w)`` given per-level maps ``[(B, E, h_i, w_i)]``."""
+    """Residual ``(B, E, h, w)`` for X ``(B, E, h, w)`` given the per-level tokens of one frame."""
 
     def __init__(self, embed_dim: int, num_levels: int, grids: tuple[int, ...], heads: int, attn_dim: int) -> None:
         super().__init__()
@@ -36,18 +40,24 @@ class StaticSemanticAlignment(nn.Module):
     def num_tokens(self) -> int:
         return (len(self.token_embed) // len(self.grids)) * sum(g * g for g in self.grids)
 
-    def tokens(self, levels: list[torch.Tensor]) -> torch.Tensor:
-        """Pooled multi-scale, multi-level tokens ``(B, num_tokens, E)``."""
-        groups = []
-        for level in levels:
-            groups.extend(map_to_tokens(pooled) for pooled in adaptive_avg_pool(level, self.grids))
-        sizes = [g.shape[1] for g in groups]
-        embed = torch.cat([e.expand(n, -1) for e, n in zip(self.token_embed, sizes)], dim=0)
-        return self.token_norm(torch.cat(groups, dim=1) + embed)
+    def pool(self, levels: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per-level maps ``[(B, C_i, h_i, w_i)]`` -> per-level tokens ``[(B, n, C_i)]``, ``n = sum g^2`` over
+        the grids (grid by grid, row-major)."""
+        return [torch.cat([map_to_tokens(p) for p in adaptive_avg_pool(level, self.grids)], dim=1)
+                for level in levels]
 
-    def forward(self, x: torch.Tensor, levels: list[torch.Tensor]) -> torch.Tensor:
+    def tokens(self, level_tokens: list[torch.Tensor]) -> torch.Tensor:
+        """Projected per-level tokens ``[(B, n, E)]`` -> normalised tokens ``(B, num_tokens, E)``."""
+        sizes = [g * g for g in self.grids] * len(level_tokens)
+        embed = torch.cat([e.expand(n, -1) for e, n in zip(self.token_embed, sizes)], dim=0)
+        return self.token_norm(torch.cat(level_tokens, dim=1) + embed)
+
+    def forward(self, x: torch.Tensor, levels: list[torch.Tensor], projections: Sequence[nn.Module]) -> torch.Tensor:
+        """x ``(B, E, h, w)``, backbone levels ``[(B, C_i, h_i, w_i)]`` and their projections ``C_i -> E``
+        (the SegFormer head's ``linear_c``) -> residual ``(B, E, h, w)``."""
         h, w = x.shape[-2:]
         q = self.q(map_to_tokens(self.query_norm(x)))
-        k, v = self.kv(self.tokens(levels)).chunk(2, dim=-1)
+        level_tokens = [project(tokens) for project, tokens in zip(projections, self.pool(levels))]
+        k, v = self.kv(self.tokens(level_tokens)).chunk(2, dim=-1)
         out = self.proj(multihead_attention(q, k, v, self.heads))
         return tokens_to_map(out * self.gamma, h, w)
