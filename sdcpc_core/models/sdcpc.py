@@ -183,8 +183,7 @@ class SDCPC(nn.Module):
         crop = (..., slice(0, ceil_div(h0, 4)), slice(0, ceil_div(w0, 4)))
         if not self.config.temporal:
             return FrameCache(None, None, None, None, logits[crop])
-        features = F.avg_pool2d(fused, 2)
-        aligned = self.ssea(features, levels, self.decode_head.linear_c)
+        features, aligned = self.ssea(fused, levels, self.decode_head.linear_c)
         features = features + aligned
         # classifier(F4 + up2(A)) computed as classifier(F4) + up2(W A): the 1x1 classifier and the
         # bilinear upsampling commute, and upsampling K class maps is far cheaper than E features.

@@ -1,13 +1,14 @@
 """SSEA: static semantic alignment inside one frame (multi-scale, multi-level correlation).
 
-Every position of the 1/8 feature X attends to a small token set: each backbone level's projected
-map (the SegFormer head's per-level projection) average-pooled to several grid sizes (default 1, 2,
-4, 8), with a learned embedding per (level, grid). Averaging and the affine projection commute, so
-the backbone levels are pooled first (``pool``, on their C_i channels) and only the pooled tokens go
-through the head's projections (its ``linear_c``, passed in). With four levels that is 4 x (1 + 4 + 16 + 64) = 340 tokens,
-so the cost is O(HW x 340) instead of O((HW)^2); queries, keys and values are ``attn_dim`` wide
-(default 128, half the decoder width: SSEA ran at 4.3 GFLOPs per frame at full width on MiT-B1
-480x853, 8% of the whole SegFormer, for a correlation that needs far fewer channels). The result is a residual scaled by a learned,
+X, the head's fused 1/4 map averaged to 1/8, attends position by position to a small token set:
+each backbone level's projected map (the SegFormer head's per-level projection) average-pooled to
+several grid sizes (default 1, 2, 4, 8), with a learned embedding per (level, grid). Averaging and
+the affine projection commute, so the backbone levels are pooled first (``pool``, on their C_i
+channels) and only the pooled tokens go through the head's projections (its ``linear_c``, passed
+in). With four levels that is 4 x (1 + 4 + 16 + 64) = 340 tokens, so the cost is O(HW x 340)
+instead of O((HW)^2); queries, keys and values are ``attn_dim`` wide (default 128, half the decoder
+width: SSEA ran at 4.3 GFLOPs per frame at full width on MiT-B1 480x853, 8% of the whole SegFormer,
+for a correlation that needs far fewer channels). The result is a residual scaled by a learned,
 zero-initialised factor, so a model built from SegFormer weights starts as that SegFormer.
 """
 from __future__ import annotations
@@ -17,11 +18,11 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .layers import LayerNorm2d, adaptive_avg_pool, map_to_tokens, multihead_attention, tokens_to_map
+from .layers import LayerNorm2d, adaptive_avg_pool, map_to_tokens, mean_pool2x2, multihead_attention
 
 
 class StaticSemanticAlignment(nn.Module):
-    """Residual ``(B, E, h, w)`` for X ``(B, E, h, w)`` given the per-level tokens of one frame."""
+    """X (the fused map at 1/8) and its residual ``(B, E, h, w)`` from one frame's head and backbone maps."""
 
     def __init__(self, embed_dim: int, num_levels: int, grids: tuple[int, ...], heads: int, attn_dim: int) -> None:
         super().__init__()
@@ -52,12 +53,22 @@ class StaticSemanticAlignment(nn.Module):
         embed = torch.cat([e.expand(n, -1) for e, n in zip(self.token_embed, sizes)], dim=0)
         return self.token_norm(torch.cat(level_tokens, dim=1) + embed)
 
-    def forward(self, x: torch.Tensor, levels: list[torch.Tensor], projections: Sequence[nn.Module]) -> torch.Tensor:
-        """x ``(B, E, h, w)``, backbone levels ``[(B, C_i, h_i, w_i)]`` and their projections ``C_i -> E``
-        (the SegFormer head's ``linear_c``) -> residual ``(B, E, h, w)``."""
-        h, w = x.shape[-2:]
+    def forward(self, fused: torch.Tensor, levels: list[torch.Tensor],
+                projections: Sequence[nn.Module]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The head's fused map ``(B, E, 2h, 2w)``, backbone levels ``[(B, C_i, h_i, w_i)]`` and their
+        projections ``C_i -> E`` (the head's ``linear_c``) -> X = the fused map averaged to ``(B, E, h, w)``
+        and the residual ``(B, E, h, w)`` (both contiguous).
+
+        The output projection and ``gamma`` are applied as one product written straight into the
+        ``(B, E, h*w)`` layout of the maps: the attention's token layout is never transposed back.
+        """
+        x = mean_pool2x2(fused)
+        b, _, h, w = x.shape
         q = self.q(map_to_tokens(self.query_norm(x)))
         level_tokens = [project(tokens) for project, tokens in zip(projections, self.pool(levels))]
         k, v = self.kv(self.tokens(level_tokens)).chunk(2, dim=-1)
-        out = self.proj(multihead_attention(q, k, v, self.heads))
-        return tokens_to_map(out * self.gamma, h, w)
+        out = multihead_attention(q, k, v, self.heads)  # (B, h*w, attn_dim)
+        weight = self.gamma[:, None] * self.proj.weight
+        residual = torch.baddbmm((self.gamma * self.proj.bias)[None, :, None], weight.expand(b, -1, -1),
+                                 out.transpose(1, 2))
+        return x, residual.view(b, -1, h, w)
