@@ -173,6 +173,22 @@ def test_ssea_tokens_pooled_before_the_projection_equal_pooled_projected_maps():
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
 
 
+def test_temporal_classifier_of_the_attended_values_equals_classifying_the_residual():
+    """W_t D with D = gamma * gate * proj(a), built or folded: values and gradients (float64)."""
+    torch.manual_seed(0)
+    model = randomise_temporal_scales(build_model("sdcpc_b0", 7, coarse_tokens=4)).double()
+    attended = torch.randn(2, model.config.window_dim, 6, 9, dtype=torch.float64)
+    gate = torch.rand(2, 1, 6, 9, dtype=torch.float64)
+    dssa, classifier = model.dssa, model.temporal_classifier
+    folded = classifier(attended, gate, dssa.fine.proj, dssa.gamma)
+    built = F.conv2d(dssa.residual(attended, gate), classifier.weight)
+    torch.testing.assert_close(folded, built, rtol=1e-10, atol=1e-10)
+    weights = [classifier.weight, dssa.gamma, dssa.fine.proj.weight, dssa.fine.proj.bias]
+    grad = torch.randn_like(folded)
+    for a, b in zip(torch.autograd.grad(folded, weights, grad), torch.autograd.grad(built, weights, grad)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
 def test_sdcpc_at_initialisation_predicts_what_its_segformer_predicts():
     torch.manual_seed(0)
     segformer = build_model("segformer_b0", 5).eval()

@@ -41,9 +41,12 @@ def test_model_info_table_and_json(tmp_path, capsys):
     assert flops["temporal"]["total"] > window > 0
     assert flops["temporal"]["dssa"] > window
     assert flops["temporal"]["backbone"] == 0 and flops["temporal"]["decode_head"] == 0
-    # A 4-frame clip runs the static branch of every frame once, plus one temporal step (3 references).
+    # A 4-frame clip runs the static branch of every frame once, plus one temporal step (3 references),
+    # plus DSSA's output projection (window_dim 64 -> 256 at 1/8), which only training builds (the
+    # residual D feeds MCP-CL; the temporal classifier is folded through it).
     assert flops["clip"]["backbone"] == 4 * flops["static"]["backbone"]
-    assert flops["clip"]["dssa"] == 4 * flops["static"]["dssa"] + flops["temporal"]["dssa"]
+    projection = 2 * 64 * 256 * (HEIGHT // 8) * (WIDTH // 8)
+    assert flops["clip"]["dssa"] == 4 * flops["static"]["dssa"] + flops["temporal"]["dssa"] + projection
 
     # SD-CPC's static branch costs at least the per-frame SegFormer with the same decoder width.
     assert flops["static"]["total"] >= data["baseline"]["flops"] > 0

@@ -112,14 +112,16 @@ class FineWindowAttention(nn.Module):
         return self.kv(self.key_norm(features))
 
     def forward(self, query: torch.Tensor, ref_kv: torch.Tensor) -> torch.Tensor:
-        """query ``(B, E, H, W)``, ref_kv ``(B, R, 2 attn_dim, H, W)`` -> ``(B, E, H, W)``."""
+        """query ``(B, E, H, W)``, ref_kv ``(B, R, 2 attn_dim, H, W)`` -> the attended values
+        ``(B, attn_dim, H, W)``, before the output projection ``proj`` (applied by the consumers:
+        ``DynamicSemanticAlignment.residual`` and ``TemporalClassifier``)."""
         b, _, h, w = query.shape
         r, width = ref_kv.shape[1], ref_kv.shape[2] // 2
         d = width // self.heads
         q = self.q(self.query_norm(query)).reshape(b, self.heads, d, h, w)
         kv = ref_kv.reshape(b, r, 2, self.heads, d, h, w)
         out = window_attention(q, kv[:, :, 0], kv[:, :, 1], self.window, self.dilation)
-        return self.proj(out.reshape(b, width, h, w))
+        return out.reshape(b, width, h, w)
 
 
 class DifferenceGate(nn.Module):
@@ -152,12 +154,39 @@ class DynamicSemanticAlignment(nn.Module):
     def forward(
         self, features: torch.Tensor, coarse: torch.Tensor, probs: torch.Tensor,
         ref_kv: torch.Tensor, ref_coarse: torch.Tensor, ref_probs: torch.Tensor,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Target: features ``(B, E, H8, W8)``, coarse ``(B, E, H32, W32)``, probs ``(B, K, H32, W32)``;
-        references stacked on dim 1: ref_kv ``(B, R, 2 window_dim, H8, W8)``, ref_coarse, ref_probs."""
+        references stacked on dim 1: ref_kv ``(B, R, 2 window_dim, H8, W8)``, ref_coarse, ref_probs.
+
+        Returns the attended values ``(B, window_dim, H8, W8)`` (stage 2, before its output projection)
+        and the gate ``(B, 1, H8, W8)``; ``residual`` makes the residual D of them, ``TemporalClassifier``
+        classifies D without building it.
+        """
         difference = perceptual_difference(probs, ref_probs)
         context = self.coarse(coarse, ref_coarse, difference)
         size = (features.shape[-2], features.shape[-1])
-        query = features + F.interpolate(context, size=size, mode="bilinear", align_corners=False)
-        aligned = self.fine(query, ref_kv)
-        return self.gamma * self.gate(difference, size) * aligned
+        query = F.interpolate(context, size=size, mode="bilinear", align_corners=False).add_(features)
+        return self.fine(query, ref_kv), self.gate(difference, size)
+
+    def residual(self, attended: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        """The temporal residual D = gamma * gate * proj(attended) ``(B, E, H8, W8)``."""
+        return self.gamma * gate * self.fine.proj(attended)
+
+
+class TemporalClassifier(nn.Conv2d):
+    """The temporal classifier: a bias-free 1x1 convolution ``W_t`` (E -> K) of the DSSA residual
+    ``D = gamma * gate * (W_p a + b_p)``, computed as ``gate * ((W_t diag(gamma) W_p) a + W_t (gamma b_p))``
+    from the attended values ``a`` (``window_dim`` channels).
+
+    The gate is one number per position and everything else is linear over channels, so the two
+    forms are equal; this one never builds the E-channel D: K x window_dim multiply-adds per position
+    instead of E x window_dim + K x E, and no E-channel passes for gamma and the gate.
+    """
+
+    def forward(self, attended: torch.Tensor, gate: torch.Tensor, proj: nn.Conv2d,
+                gamma: torch.Tensor) -> torch.Tensor:
+        """attended ``(B, window_dim, h, w)``, gate ``(B, 1, h, w)``, DSSA's output projection and
+        ``gamma`` ``(E, 1, 1)`` -> class logits ``(B, K, h, w)``."""
+        scaled = self.weight.flatten(1) * gamma.view(1, -1)  # (K, E)
+        weight = scaled @ proj.weight.flatten(1)  # (K, window_dim)
+        return F.conv2d(attended, weight[:, :, None, None], scaled @ proj.bias) * gate

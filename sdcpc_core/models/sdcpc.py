@@ -6,7 +6,7 @@ Static branch (per frame, run once and cached):
     (= classifier(F4 + up2(A)), the classifier's dropout acting on F4 only).
 Temporal step (target frame, cached references):
     D = DSSA(S, ...refs)  (coarse selective + fine window attention, difference-gated);
-    temporal logits T = P + up2(temporal_classifier(D)).
+    temporal logits T = P + up2(temporal_classifier(D)), computed without building D (``TemporalClassifier``).
 Both A and D are zero at initialisation (zero-initialised scales), so a model loaded from SegFormer
 weights predicts exactly what that SegFormer predicts; ``temporal=False`` builds SegFormer itself.
 
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .decode_head import SegFormerHead
-from .dssa import MAX_SELECTED_TOKENS, DynamicSemanticAlignment
+from .dssa import MAX_SELECTED_TOKENS, DynamicSemanticAlignment, TemporalClassifier
 from .layers import ceil_div, init_weights, pad_to_multiple
 from .mit import MIT_SPECS, MixVisionTransformer
 from .prototypes import ClassPrototypes, ProjectionHead
@@ -138,7 +138,7 @@ class SDCPC(nn.Module):
                                                 config.ssea_dim)
             self.dssa = DynamicSemanticAlignment(e, config.heads, config.window, config.dilation, config.coarse_tokens,
                                                  config.window_heads, config.window_dim)
-            self.temporal_classifier = nn.Conv2d(e, k, 1, bias=False)
+            self.temporal_classifier = TemporalClassifier(e, k, 1, bias=False)
             self.projector = ProjectionHead(e, config.proj_dim)
             for module in (self.ssea, self.dssa, self.temporal_classifier, self.projector):
                 module.apply(init_weights)
@@ -196,13 +196,14 @@ class SDCPC(nn.Module):
     # ---------------------------------------------------------------- temporal branch
     def temporal_features(
         self, current: FrameCache, ref_kv: torch.Tensor, ref_coarse: torch.Tensor, ref_probs: torch.Tensor,
-    ) -> torch.Tensor:
-        """DSSA residual ``(B, E, H/8, W/8)``; references stacked on dim 1 (``(B, R, ...)``)."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """DSSA's attended values ``(B, window_dim, H/8, W/8)`` and gate ``(B, 1, H/8, W/8)``; references
+        stacked on dim 1 (``(B, R, ...)``)."""
         return self.dssa(current.features, current.coarse, current.probs, ref_kv, ref_coarse, ref_probs)
 
-    def temporal_logits(self, current: FrameCache, residual: torch.Tensor) -> torch.Tensor:
+    def temporal_logits(self, current: FrameCache, attended: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         """Static logits of the target plus the classified temporal residual, cropped to their size."""
-        correction = self.temporal_classifier(residual)
+        correction = self.temporal_classifier(attended, gate, self.dssa.fine.proj, self.dssa.gamma)
         correction = F.interpolate(correction, scale_factor=2.0, mode="bilinear", align_corners=False)
         h, w = current.logits.shape[-2:]
         return current.logits + correction[..., :h, :w]
@@ -226,7 +227,7 @@ class SDCPC(nn.Module):
             if ref.features.shape != current.features.shape:
                 raise ValueError(f"reference features {tuple(ref.features.shape)} do not match the current "
                                  f"frame's {tuple(current.features.shape)}; all frames must have one size")
-        return self.temporal_logits(current, self.temporal_features(current, *stack_references(refs)))
+        return self.temporal_logits(current, *self.temporal_features(current, *stack_references(refs)))
 
     # ------------------------------------------------------------------ clip / image
     def forward_clip(self, frames: torch.Tensor) -> ClipOutput:
@@ -242,10 +243,10 @@ class SDCPC(nn.Module):
         if not self.config.temporal:
             return ClipOutput(static_logits, current.logits, None)
         refs = caches[:-1] or caches
-        residual = self.temporal_features(current, *stack_references(refs))
-        logits = self.temporal_logits(current, residual)
+        attended, gate = self.temporal_features(current, *stack_references(refs))
+        logits = self.temporal_logits(current, attended, gate)
         h8, w8 = ceil_div(frames.shape[-2], 8), ceil_div(frames.shape[-1], 8)
-        embeddings = self.projector(current.features + residual)[..., :h8, :w8]
+        embeddings = self.projector(current.features + self.dssa.residual(attended, gate))[..., :h8, :w8]
         return ClipOutput(static_logits, logits, embeddings)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | ClipOutput:

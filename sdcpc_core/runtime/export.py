@@ -66,8 +66,8 @@ class TemporalStepProgram(nn.Module):
         ref_kv: torch.Tensor, ref_coarse: torch.Tensor, ref_probs: torch.Tensor,
     ) -> torch.Tensor:
         current = FrameCache(features, None, coarse, probs, logits)
-        residual = self.model.temporal_features(current, ref_kv, ref_coarse, ref_probs)
-        return self.model.temporal_logits(current, residual)
+        attended, gate = self.model.temporal_features(current, ref_kv, ref_coarse, ref_probs)
+        return self.model.temporal_logits(current, attended, gate)
 
 
 def example_inputs(model: SDCPC, height: int, width: int, num_refs: int = 3) -> dict[str, tuple[torch.Tensor, ...]]:

@@ -94,7 +94,7 @@ def _window_attention_flops(model: SDCPC, counter: dict) -> list:
 def count_flops(model: SDCPC, fn: Callable, *args) -> dict[str, int]:
     """FLOPs of ``fn(*args)`` per top-level module of ``model`` (plus ``"other"`` and ``"total"``).
 
-    The model's methods call submodules directly (``decode_head.project``, ``dssa.fine.project_kv``)
+    The model's methods call submodules directly (``decode_head.linear_c`` from SSEA, ``dssa.fine.project_kv``)
     rather than through their parents' ``forward``, so FlopCounterMode's own module hierarchy would
     miss part of them. Instead, hooks on every submodule attribute the counter's running total, at
     each module boundary, to the top-level module that owns the innermost module being run.
