@@ -87,6 +87,35 @@ def test_inplace_and_plain_paths_agree(B, R, h, d, H, W, window, dilation):
     torch.testing.assert_close(fast, dense_oracle(q.detach(), k, v, window, dilation), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("tile", [1, 3, 8])
+@pytest.mark.parametrize("B,R,h,d,H,W,window,dilation", CASES)
+def test_tiled_formulation_matches_dense_oracle(B, R, h, d, H, W, window, dilation, tile):
+    """The exported graphs' formulation: dense attention in tiles, masked to the window (any tile size,
+    tiles overhanging the image, windows larger than the image)."""
+    from sdcpc_core.ops.window_attention import _attend_by_tiles
+
+    q, k, v = _inputs(B, R, h, d, H, W)
+    out = _attend_by_tiles(q * d ** -0.5, k, v, window, dilation, tile)
+    assert out.shape == q.shape
+    torch.testing.assert_close(out, dense_oracle(q, k, v, window, dilation), atol=1e-10, rtol=0)
+
+
+def test_exported_program_takes_the_tiled_formulation():
+    class Op(torch.nn.Module):
+        def forward(self, q, k, v):
+            return window_attention(q, k, v, 7, 1)
+
+    q, k, v = _inputs(1, 3, 2, 4, 13, 19, dtype=torch.float32)
+    program = torch.export.export(Op(), (q, k, v))
+    targets = [str(node.target) for node in program.graph.nodes if node.op == "call_function"]
+    assert sum("bmm" in t or "matmul" in t for t in targets) == 2, targets  # logits and values of the tiles
+    assert len(targets) < 200  # the offset loop exports 791 operators here (about 8 per window offset)
+    with torch.no_grad():
+        out = program.module()(q, k, v)
+    torch.testing.assert_close(out.double(), dense_oracle(q.double(), k.double(), v.double(), 7, 1),
+                               atol=1e-5, rtol=0)
+
+
 def test_custom_scale():
     q, k, v = _inputs(1, 3, 2, 4, 6, 7)
     out = window_attention(q, k, v, 3, 2, scale=0.7)
