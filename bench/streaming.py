@@ -29,8 +29,6 @@ cold start), so its cost does not depend on how full the reference buffer is.
 Side by side: for each (case, back end) one fresh Python subprocess (this script re-invoked with
 ``--worker``) builds both segmenters and alternates them frame by frame (SD-CPC, SegFormer, SD-CPC,
 ...), so that a load change on a shared machine hits both models alike and the ratio stays fair.
-Each worker first calls ``use_huge_pages`` (CPU tensors of 2 MiB and more on transparent huge pages),
-as the node does by default; ``--no-huge-pages`` leaves PyTorch's allocation at its defaults.
 
 Peak memory: each model then runs alone in a fresh subprocess for the warm-up and 3 frames. CUDA:
 ``torch.cuda.max_memory_allocated()`` over that run (weights, buffer, activations; live tensors only).
@@ -73,8 +71,6 @@ def _parse_args(argv=None):
                    help="untimed frames first (default: 5, at least 1)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and frames (default: 0)")
-    p.add_argument("--no-huge-pages", action="store_true",
-                   help="leave large CPU tensors off huge pages (default: use_huge_pages, as the node does)")
     p.add_argument("--sdcpc-options", nargs="+", default=[], metavar="KEY=VALUE", type=_option,
                    help="build_model options for the SD-CPC model only, values read as YAML "
                         "(e.g. ssea_dim=64 window_dim=32 window_heads=2; default: none)")
@@ -107,10 +103,8 @@ def _worker(args, device):
 
     from sdcpc_core.models import build_model
     from sdcpc_core.runtime import StreamingSegmenter
-    from sdcpc_core.runtime.cpu_memory import use_huge_pages
 
     case, kinds, backend = args.worker
-    huge_pages = not args.no_huge_pages and use_huge_pages()
     kinds = kinds.split(",")
     sdcpc_variant, segformer_variant, (height, width), classes = CASES[case]
     if args.threads is not None:
@@ -139,7 +133,6 @@ def _worker(args, device):
         "peak_bytes": peak,
         "threads": torch.get_num_threads(),
         "params": params,
-        "huge_pages": huge_pages,
     }))
 
 
@@ -162,7 +155,6 @@ def _run_case(case, backend, argv, device, args):
         timings = paired["timings"][kind]
         results[kind] = {
             "timings": timings, "threads": paired["threads"], "params": paired["params"][kind],
-            "huge_pages": paired["huge_pages"],
             "median": {key: statistics.median(t[key] for t in timings) for key in (*STAGES, "total")},
         }
         alone = _run_worker(case, [kind], backend, memory_argv, device)
@@ -236,9 +228,8 @@ def main(argv=None):
         for backend in backends:
             results = _run_case(case, backend, worker_argv, device, args)
             threads = next((r["threads"] for r in results.values() if "threads" in r), "?")
-            huge = next((r["huge_pages"] for r in results.values() if "huge_pages" in r), None)
             print(f"\n{case}: {sdcpc_variant} vs {segformer_variant}, {height}x{width}, {classes} classes, "
-                  f"backend {backend}, torch threads {threads}, CPU huge pages {'on' if huge else 'off'}")
+                  f"backend {backend}, torch threads {threads}")
             print(f"{'model':<14} {'total ms':>9} {'prep':>7} {'encode':>8} {'temporal':>9} {'post':>7} "
                   f"{'min ms':>8} {'params M':>9} {'peak MiB':>9}")
             for kind, variant in zip(MODELS, (sdcpc_variant, segformer_variant)):

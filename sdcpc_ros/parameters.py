@@ -79,8 +79,6 @@ class NodeConfig:
                                      accepted="empty, a shipped class list name or a YAML file path")
     max_image_pixels: int = _param(33177600, "Images with more pixels than this are refused.", low=1,
                                    high=2 ** 31 - 1)
-    cpu_huge_pages: bool = _param(True, "Put CPU tensors of 2 MiB and more on transparent huge pages (PyTorch's "
-                                  "THP_MEM_ALLOC_ENABLE): fewer page faults per frame.")
 
     def __post_init__(self) -> None:
         for spec in fields(self):

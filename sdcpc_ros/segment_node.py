@@ -41,7 +41,6 @@ from std_msgs.msg import String
 
 from sdcpc_core.checkpoints import load_model, read_class_list
 from sdcpc_core.classes import ClassList
-from sdcpc_core.runtime.cpu_memory import kernel_huge_pages_mode, use_huge_pages
 from sdcpc_core.runtime.streaming import StreamingSegmenter, resolve_checkpoint
 
 from .diagnostics import NodeStats, diagnostic_status
@@ -71,8 +70,6 @@ class StartupError(ValueError):
 def load_segmenter(config: NodeConfig) -> tuple[StreamingSegmenter, ClassList]:
     """The segmenter and class list that ``config`` asks for; ``StartupError`` naming the parameter at fault."""
     _check_device(config.device)
-    if config.cpu_huge_pages:
-        use_huge_pages()
     try:
         path = resolve_checkpoint(config.model)
         model = load_model(path)
@@ -182,13 +179,7 @@ class SegmentRuntime:
         node.get_logger().info(
             f"Segmenting {self._subscriptions[0].topic_name} with {config.model} ({len(self.classes)} classes, "
             f"backend {config.backend}, device {config.device}, {config.precision}, input "
-            f"{config.input_height}x{config.input_width}, {self._huge_pages()}).")
-
-    def _huge_pages(self) -> str:
-        if not self.config.cpu_huge_pages:
-            return "CPU huge pages off"
-        state = "on" if use_huge_pages() else "unavailable"
-        return f"CPU huge pages {state}, kernel mode {kernel_huge_pages_mode()}"
+            f"{config.input_height}x{config.input_width}).")
 
     def deactivate(self) -> None:
         """Unsubscribes and stops the worker; the temporal memory is cleared."""

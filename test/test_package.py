@@ -292,7 +292,7 @@ def test_segment_params():
     assert params['class_palette_file'] == ''
     assert params['max_image_pixels'] == 33177600
     for key in ('publish_color', 'publish_confidence', 'publish_dynamic', 'use_compressed',
-                'process_every_frame', 'cpu_huge_pages'):
+                'process_every_frame'):
         assert isinstance(params[key], bool), key
     # ROS parameters must be one type per list and never null.
     for key, value in params.items():
