@@ -68,8 +68,8 @@ def adaptive_avg_pool(x: torch.Tensor, grids: tuple[int, ...]) -> list[torch.Ten
 
 def mean_pool2x2(x: torch.Tensor) -> torch.Tensor:
     """``F.avg_pool2d(x, 2)``, ``(B, C, H, W) -> (B, C, H/2, W/2)``, as a depthwise 2x2 convolution with
-    weights 1/4 (stride 2): the same values, 5x faster than PyTorch's CPU average pooling on a
-    256-channel 1/4 map (7 vs 36 ms for 128x256, one thread)."""
+    weights 1/4 (stride 2): the same values. On one CPU thread, for SD-CPC's 256-channel 1/4 map at
+    120x216 (B1 at 480x853) it takes 8 ms against 26 ms; at 128x256 both take about 40 ms."""
     weight = x.new_full((x.shape[1], 1, 2, 2), 0.25)
     return F.conv2d(x, weight, stride=2, groups=x.shape[1])
 
