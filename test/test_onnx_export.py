@@ -24,11 +24,12 @@ from onnx import TensorProto, helper  # noqa: E402
 from sdcpc_core.checkpoints import save_weights  # noqa: E402
 from sdcpc_core.runtime import onnx_backend  # noqa: E402
 from sdcpc_core.runtime.backends import create_backend  # noqa: E402
-from sdcpc_core.runtime.export import ENCODE_OUTPUTS, TEMPORAL_INPUTS, TEMPORAL_OUTPUTS  # noqa: E402
+from sdcpc_core.runtime.export import ENCODE_OUTPUTS, EXPORT_FORMAT, TEMPORAL_INPUTS, TEMPORAL_OUTPUTS  # noqa: E402
 from sdcpc_core.runtime.onnx_export import (  # noqa: E402
     OPSET,
     check_tensorrt_compatibility,
     manifest_problems,
+    read_manifest,
     sha256_file,
     tensorrt_operator_table,
 )
@@ -266,6 +267,20 @@ def test_backend_gives_the_eager_labels(exported, checkpoint, model, tmp_path, m
         backend.encode(torch.zeros(1, 3, 32, 32))
 
 
+def test_backend_reexports_a_cache_of_an_older_export_format(exported, checkpoint, model, tmp_path, monkeypatch):
+    folder, _ = exported
+    entry = _cache_with(folder, tmp_path, checkpoint)
+    manifest = json.loads((entry / "manifest.json").read_text())
+    assert manifest["export_format"] == EXPORT_FORMAT
+    (entry / "manifest.json").write_text(json.dumps({**manifest, "export_format": EXPORT_FORMAT - 1}))
+    fake, calls = _fake_export(folder)
+    monkeypatch.setattr(onnx_backend, "export_onnx", fake)
+    with pytest.warns(RuntimeWarning, match="exporting again"):
+        create_backend("onnxruntime", model, (HEIGHT, WIDTH), num_refs=REFS, cache_dir=tmp_path,
+                       checkpoint_sha256=sha256_file(checkpoint))
+    assert len(calls) == 1 and read_manifest(entry)["export_format"] == EXPORT_FORMAT
+
+
 def test_backend_reexports_a_corrupt_cache(exported, checkpoint, model, tmp_path, monkeypatch):
     folder, _ = exported
     entry = _cache_with(folder, tmp_path, checkpoint)
@@ -292,8 +307,9 @@ def test_backend_cache_key_covers_its_fields():
     others = [onnx_backend.onnx_cache_key("b" * 64, (HEIGHT, WIDTH), REFS, OPSET),
               onnx_backend.onnx_cache_key("a" * 64, (HEIGHT, WIDTH + 32), REFS, OPSET),
               onnx_backend.onnx_cache_key("a" * 64, (HEIGHT, WIDTH), REFS + 1, OPSET),
-              onnx_backend.onnx_cache_key("a" * 64, (HEIGHT, WIDTH), REFS, OPSET - 1)]
-    assert len({base, *others}) == 5
+              onnx_backend.onnx_cache_key("a" * 64, (HEIGHT, WIDTH), REFS, OPSET - 1),
+              onnx_backend.onnx_cache_key("a" * 64, (HEIGHT, WIDTH), REFS, OPSET, export_format=1)]
+    assert len({base, *others}) == 6
 
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])

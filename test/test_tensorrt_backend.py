@@ -25,13 +25,13 @@ HAS_TORCH_TENSORRT = importlib.util.find_spec("torch_tensorrt") is not None
 def test_engine_cache_key_is_stable():
     # A fixed value: the key must not depend on the process (hash seeds) or the machine.
     assert engine_cache_key(**KEY_ARGS) == engine_cache_key(**dict(KEY_ARGS))
-    assert engine_cache_key(**KEY_ARGS) == "358e142f25864ed41c04b8af1c7571c4"
+    assert engine_cache_key(**KEY_ARGS) == "4c4f4ee284cf0d82fca69a685ad31013"  # changes with EXPORT_FORMAT
 
 
 @pytest.mark.parametrize("field, value", [
     ("checkpoint_sha256", "1" * 64), ("input_size", (480, 672)), ("input_size", (640, 480)), ("num_refs", 2),
     ("precision", "fp32"), ("gpu_name", "NVIDIA H200"), ("tensorrt_version", "10.2.0"),
-    ("torch_tensorrt_version", "2.5.0"),
+    ("torch_tensorrt_version", "2.5.0"), ("export_format", 1),
 ])
 def test_every_field_changes_the_key(field, value):
     assert engine_cache_key(**{**KEY_ARGS, field: value}) != engine_cache_key(**KEY_ARGS)

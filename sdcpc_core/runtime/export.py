@@ -25,6 +25,10 @@ PER_FRAME_OUTPUTS: tuple[str, ...] = ("logits",)
 TEMPORAL_INPUTS: tuple[str, ...] = ("features", "coarse", "probs", "logits", "ref_kv", "ref_coarse", "ref_probs")
 # Distinct from the input "logits" (the static logits): ONNX needs unique value names.
 TEMPORAL_OUTPUTS: tuple[str, ...] = ("temporal_logits",)
+# Version of what ``export_programs`` captures, part of the ONNX and TensorRT cache keys: bump it when
+# the exported computation changes, even if its results do not, so that cached graphs and engines of
+# the older form are rebuilt. 2: head projections folded into the fusion, window attention in tiles.
+EXPORT_FORMAT = 2
 
 
 def encode_output_names(model: SDCPC) -> tuple[str, ...]:

@@ -10,7 +10,8 @@ installed.
 Export cache: with ``cache_dir`` the graphs are kept in ``cache_dir/<key>/`` (the layout and
 ``manifest.json`` of ``export_onnx``, so an ``sdcpc-export --backend onnx`` folder can be copied
 there). The key (``onnx_cache_key``) hashes the model hash (``checkpoint_sha256`` when given, the
-sha256 of the model's config and weights otherwise), the input size, ``num_refs`` and the opset. A
+sha256 of the model's config and weights otherwise), the input size, ``num_refs``, the opset and
+``EXPORT_FORMAT`` (the version of the exported computation). A
 cached folder is used when its manifest names the same key fields and every graph's sha256 matches;
 otherwise it is exported again (with a warning when a folder was there but unusable). Without
 ``cache_dir`` the graphs are exported into a temporary folder and read into memory.
@@ -34,14 +35,16 @@ import torch
 
 from ..models.sdcpc import SDCPC, FrameCache
 from .backends import Backend
-from .export import TEMPORAL_INPUTS
+from .export import EXPORT_FORMAT, TEMPORAL_INPUTS
 from .onnx_export import OPSET, export_onnx, manifest_problems, model_sha256, read_manifest
 
 
-def onnx_cache_key(model_hash: str, input_size: tuple[int, int], num_refs: int, opset: int = OPSET) -> str:
-    """Hex key of one export: the model hash, input size ``(H, W)``, number of references and opset."""
+def onnx_cache_key(model_hash: str, input_size: tuple[int, int], num_refs: int, opset: int = OPSET,
+                   export_format: int = EXPORT_FORMAT) -> str:
+    """Hex key of one export: the model hash, input size ``(H, W)``, number of references, opset and
+    ``EXPORT_FORMAT``."""
     fields = {"model": model_hash, "input_size": [int(v) for v in input_size], "num_refs": int(num_refs),
-              "opset": int(opset)}
+              "opset": int(opset), "export_format": int(export_format)}
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -51,6 +54,7 @@ def _manifest_matches(manifest: dict, model_hash: str, checkpoint_sha256: str | 
     graphs = set(manifest.get("graphs", {}))
     return (stored_hash == model_hash and list(manifest.get("input_size", [])) == list(input_size)
             and manifest.get("num_refs") == num_refs and manifest.get("opset") == opset
+            and manifest.get("export_format") == EXPORT_FORMAT
             and graphs == ({"encode", "temporal"} if temporal else {"encode"}))
 
 

@@ -9,6 +9,7 @@ writes into ``out_dir``:
   per-frame baselines);
 * ``temporal.onnx`` (temporal models only): ``TEMPORAL_INPUTS`` -> ``TEMPORAL_OUTPUTS``;
 * ``manifest.json``: model config, checkpoint sha256 (when known), input size, ``num_refs``, opset,
+  ``export_format`` (``sdcpc_core.runtime.export.EXPORT_FORMAT``),
   torch / onnx / onnxscript versions, creation time (UTC) and, per graph, its file, sha256 and the
   names, shapes and dtypes of its inputs and outputs.
 
@@ -41,7 +42,7 @@ import torch
 
 from ..io import atomic_write
 from ..models.sdcpc import SDCPC
-from .export import TEMPORAL_INPUTS, TEMPORAL_OUTPUTS, encode_output_names, export_programs
+from .export import EXPORT_FORMAT, TEMPORAL_INPUTS, TEMPORAL_OUTPUTS, encode_output_names, export_programs
 
 OPSET = 18
 MANIFEST_NAME = "manifest.json"
@@ -164,6 +165,7 @@ def export_onnx(
         "input_size": [height, width],
         "num_refs": num_refs,
         "opset": opset,
+        "export_format": EXPORT_FORMAT,
         "graphs": graphs,
         "versions": _versions(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

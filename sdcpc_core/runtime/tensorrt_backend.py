@@ -14,7 +14,8 @@ part of the graph. A fused kernel, if one is added, must come with a plugin or a
 Engine cache: with ``cache_dir``, each compiled program is saved with ``torch_tensorrt.save``
 (ExportedProgram format) as ``cache_dir/<key>/<program>.ep``, where ``engine_cache_key`` hashes
 everything an engine depends on: checkpoint sha256 (the model's config-and-weights hash when not
-given), input size, ``num_refs``, precision, GPU name, TensorRT version and Torch-TensorRT version.
+given), input size, ``num_refs``, precision, GPU name, TensorRT version, Torch-TensorRT version and
+``EXPORT_FORMAT`` (the version of the exported computation).
 Saving is atomic (temporary name, then rename). A cached file that fails to load (corrupt, or built
 by an incompatible TensorRT) is deleted and rebuilt with a ``RuntimeWarning``.
 
@@ -39,7 +40,7 @@ import torch
 from ..io import atomic_write
 from ..models.sdcpc import SDCPC, FrameCache
 from .backends import PRECISIONS, Backend
-from .export import example_inputs, export_programs
+from .export import EXPORT_FORMAT, example_inputs, export_programs
 
 logger = logging.getLogger(__name__)
 
@@ -51,9 +52,11 @@ Loader = Callable[[str], Callable]  # loader(path) -> callable module
 
 
 def engine_cache_key(checkpoint_sha256: str, input_size: tuple[int, int], num_refs: int, precision: str,
-                     gpu_name: str, tensorrt_version: str, torch_tensorrt_version: str) -> str:
+                     gpu_name: str, tensorrt_version: str, torch_tensorrt_version: str,
+                     export_format: int = EXPORT_FORMAT) -> str:
     """Hex key of one engine set; a pure function of its arguments (stable across runs and machines)."""
     fields = {
+        "export_format": int(export_format),
         "checkpoint_sha256": str(checkpoint_sha256),
         "input_size": [int(v) for v in input_size],
         "num_refs": int(num_refs),
