@@ -15,6 +15,8 @@ need; everything runs under ``torch.no_grad()``):
 * ``reference``: ``sdcpc_core.ops.window_attention.window_attention`` (plain tensor ops);
 * ``triton``: the custom op ``torch.ops.sdcpc.window_attention`` (fused Triton kernel, online
   softmax, nothing of size ``R * window**2 * H * W`` stored);
+* ``tiles``: the formulation that exported graphs (ONNX, TensorRT programs) hold: dense attention in
+  ``EXPORT_TILE`` x ``EXPORT_TILE`` query tiles, run here in eager PyTorch;
 * ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` over all ``R * H * W`` reference
   pixels (dense, unwindowed: a different function, shown for cost only).
 
@@ -40,6 +42,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sdcpc_core.ops.window_attention import EXPORT_TILE, _attend_by_tiles  # noqa: E402
 from sdcpc_core.ops.window_attention import window_attention as reference_window_attention  # noqa: E402
 from sdcpc_core.ops.window_attention_op import fused_window_attention, triton_available  # noqa: E402
 
@@ -110,6 +113,9 @@ def main(argv=None) -> int:
     methods = {
         "reference": lambda q, k, v: reference_window_attention(q, k, v, args.window, args.dilation),
         "triton": lambda q, k, v: fused_window_attention(q, k, v, args.window, args.dilation),
+        # as window_attention calls it when exporting: float32 inside, cast back
+        "tiles": lambda q, k, v: _attend_by_tiles(q.float() * q.shape[2] ** -0.5, k.float(), v.float(), args.window,
+                                                  args.dilation, EXPORT_TILE).to(q.dtype),
     }
     if not args.no_sdpa:
         methods["sdpa"] = lambda q, k, v: dense_sdpa(q, k, v, args.window, args.dilation)
@@ -125,7 +131,9 @@ def main(argv=None) -> int:
             k = torch.randn(B, R, heads, dim, H, W, device=device, dtype=dtype, generator=g)
             v = torch.randn(B, R, heads, dim, H, W, device=device, dtype=dtype, generator=g)
             with torch.no_grad():
-                err = (methods["triton"](q, k, v).float() - methods["reference"](q, k, v).float()).abs().max().item()
+                expected = methods["reference"](q, k, v).float()
+                err = (methods["triton"](q, k, v).float() - expected).abs().max().item()
+                tiles_err = (methods["tiles"](q, k, v).float() - expected).abs().max().item()
             results = {}
             for name, fn in methods.items():
                 try:
@@ -142,8 +150,9 @@ def main(argv=None) -> int:
                 m_ratio = result["peak_mib"] / base["peak_mib"] if base["peak_mib"] > 0 else float("nan")
                 print(f"{heads:>4} x {dim:<3} {dtype_name:>5} {name:>10} {result['ms']:9.3f} {t_ratio:9.2f} "
                       f"{result['peak_mib']:10.2f} {m_ratio:9.2f}")
-            print(f"{'':>17} triton vs reference: max abs difference {err:.3g}")
-            rows.append({"heads": heads, "dim": dim, "dtype": dtype_name, "max_abs_diff": err, "results": results})
+            print(f"{'':>17} max abs difference to the reference: triton {err:.3g}, tiles {tiles_err:.3g}")
+            rows.append({"heads": heads, "dim": dim, "dtype": dtype_name, "max_abs_diff": err,
+                         "tiles_max_abs_diff": tiles_err, "results": results})
             del q, k, v
     if args.json is not None:
         args.json.write_text(json.dumps({"device": torch.cuda.get_device_name(device), "torch": torch.__version__,
