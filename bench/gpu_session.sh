@@ -8,7 +8,8 @@
 #
 # No install is needed: the repository is put on PYTHONPATH and $PYTHON (default python3) runs
 # everything. A failing step does not stop the others. Steps, most important first, each with its
-# own time limit (seconds; the whole run fits in about 10 minutes):
+# own time limit (60, 240, 120, 120, 120 and 420 s: 18 minutes at most, so on a device whose calls
+# are limited to 10 minutes run the first five steps in one call and streaming_compile in another):
 #   environment       GPU, Python, torch, CUDA and the optional packages (versions or "missing")
 #   tests             the window op's CUDA tests (Triton kernel against the reference) and the
 #                     back-end and streaming tests, on this machine's torch
