@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sdcpc_core.ops.window_attention import EXPORT_TILE, _attend_by_tiles  # noqa: E402
+from sdcpc_core.ops.window_attention import _attend_by_tiles  # noqa: E402
 from sdcpc_core.ops.window_attention import window_attention as reference_window_attention  # noqa: E402
 from sdcpc_core.ops.window_attention_op import fused_window_attention, triton_available  # noqa: E402
 
@@ -113,9 +113,7 @@ def main(argv=None) -> int:
     methods = {
         "reference": lambda q, k, v: reference_window_attention(q, k, v, args.window, args.dilation),
         "triton": lambda q, k, v: fused_window_attention(q, k, v, args.window, args.dilation),
-        # as window_attention calls it when exporting: float32 inside, cast back
-        "tiles": lambda q, k, v: _attend_by_tiles(q.float() * q.shape[2] ** -0.5, k.float(), v.float(), args.window,
-                                                  args.dilation, EXPORT_TILE).to(q.dtype),
+        "tiles": lambda q, k, v: _attend_by_tiles(q, k, v, args.window, args.dilation, q.shape[2] ** -0.5),
     }
     if not args.no_sdpa:
         methods["sdpa"] = lambda q, k, v: dense_sdpa(q, k, v, args.window, args.dilation)

@@ -95,7 +95,7 @@ def test_tiled_formulation_matches_dense_oracle(B, R, h, d, H, W, window, dilati
     from sdcpc_core.ops.window_attention import _attend_by_tiles
 
     q, k, v = _inputs(B, R, h, d, H, W)
-    out = _attend_by_tiles(q * d ** -0.5, k, v, window, dilation, tile)
+    out = _attend_by_tiles(q, k, v, window, dilation, d ** -0.5, tile)
     assert out.shape == q.shape
     torch.testing.assert_close(out, dense_oracle(q, k, v, window, dilation), atol=1e-10, rtol=0)
 

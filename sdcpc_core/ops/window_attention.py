@@ -91,14 +91,12 @@ def window_attention(
     B, R, h, d, H, W = k.shape
     if scale is None:
         scale = d ** -0.5
-    acc_dtype = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    if torch.compiler.is_exporting():
+        return _attend_by_tiles(q, k, v, window, dilation, scale)
+    acc_dtype = _accumulation_dtype(q)
 
     # For every offset, the static rectangle of query pixels whose key is inside
     # the image. Offsets that miss the image entirely carry no weight: dropped.
-    if torch.compiler.is_exporting():
-        out = _attend_by_tiles(q.to(acc_dtype) * scale, k.to(acc_dtype), v.to(acc_dtype), window, dilation,
-                               EXPORT_TILE)
-        return out.to(q.dtype)
     radius = window // 2
     taps = [i * dilation for i in range(-radius, radius + 1)]
     regions = []
@@ -131,6 +129,11 @@ def window_attention(
         a_n = attn[:, :, n, :, y0:y1, x0:x1].unsqueeze(3)  # (B, R, h, 1, y1 - y0, x1 - x0)
         out = out + F.pad((a_n * v_n).sum(dim=1), (x0, W - x1, y0, H - y1))
     return out.to(q.dtype)
+
+
+def _accumulation_dtype(q: torch.Tensor) -> torch.dtype:
+    """float32 for half-precision inputs, their own dtype otherwise."""
+    return torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
 
 
 def _use_inplace_path(*tensors: torch.Tensor) -> bool:
@@ -173,9 +176,10 @@ def _accumulate_inplace(q_s: torch.Tensor, k: torch.Tensor, v: torch.Tensor, reg
     return out
 
 
-def _attend_by_tiles(q_s: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, dilation: int,
-                     tile: int) -> torch.Tensor:
-    """The same attention as dense attention inside tiles, for exported graphs.
+def _attend_by_tiles(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, dilation: int,
+                     scale: float, tile: int = EXPORT_TILE) -> torch.Tensor:
+    """The same attention as dense attention inside tiles, for exported graphs (same arguments and
+    result as ``window_attention``, half precision computed in float32).
 
     The query map is cut into ``tile x tile`` tiles; every query of a tile may look at the
     ``S x S`` key block around it (``S = tile + 2 * radius``, gathered from the zero-padded keys
@@ -190,11 +194,13 @@ def _attend_by_tiles(q_s: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window
     for that case). Shapes and the index depend only on the input shapes.
     """
     B, R, h, d, H, W = k.shape
+    acc_dtype = _accumulation_dtype(q)
+    q_s, k, v = q.to(acc_dtype) * scale, k.to(acc_dtype), v.to(acc_dtype)
     radius = (window // 2) * dilation
     rows, cols = -(-H // tile), -(-W // tile)
     side = tile + 2 * radius
     height, width = rows * tile + 2 * radius, cols * tile + 2 * radius  # padded key map
-    device = q_s.device
+    device = q.device
 
     def grid(n: int, dim: int, ndim: int = 4) -> torch.Tensor:
         shape = [1] * ndim
@@ -225,4 +231,4 @@ def _attend_by_tiles(q_s: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window
     attn = logits.view(B, h, rows * cols, tile * tile, R * side * side).softmax(dim=-1)
     out = torch.matmul(attn, kv[1]).view(B, h, rows, cols, tile, tile, d)
     out = out.permute(0, 1, 6, 2, 4, 3, 5).reshape(B, h, d, rows * tile, cols * tile)
-    return out[..., :H, :W]
+    return out[..., :H, :W].to(q.dtype)
