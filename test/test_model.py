@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from sdcpc_core.models import VARIANTS, FrameCache, build_model, list_models
 from sdcpc_core.models.decode_head import SegFormerHead
 from sdcpc_core.models.dssa import perceptual_difference, selection_scores
-from sdcpc_core.models.layers import adaptive_avg_pool
+from sdcpc_core.models.layers import adaptive_avg_pool, mean_pool2x2
 from sdcpc_core.models.resnet import DilatedResNet
 
 
@@ -287,6 +287,17 @@ def test_export_friendly_pooling_matches_adaptive_pooling(size, grid):
     pooled = adaptive_avg_pool(x, (grid, 1, 3))
     for out, g in zip(pooled, (grid, 1, 3)):
         assert torch.allclose(out, F.adaptive_avg_pool2d(x, g), atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [(8, 12), (2, 2), (7, 10), (6, 5)])
+def test_mean_pool2x2_matches_avg_pool(size):
+    """Even sizes take the pairwise sums, odd ones avg_pool2d; both match it, values and gradients."""
+    x = torch.randn(2, 3, *size, dtype=torch.float64, requires_grad=True)
+    expected = F.avg_pool2d(x, 2)
+    out = mean_pool2x2(x)
+    assert out.shape == expected.shape and torch.allclose(out, expected)
+    grad = torch.randn_like(expected)
+    assert torch.allclose(torch.autograd.grad(out, x, grad)[0], torch.autograd.grad(expected, x, grad)[0])
 
 
 def test_selection_ties_stay_resolvable_for_large_maps():
