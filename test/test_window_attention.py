@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from sdcpc_core.ops import window_attention
+from sdcpc_core.ops.dispatch import eager_cpu_inference
 
 
 def _inputs(B, R, h, d, H, W, dtype=torch.float64, seed=0, requires_grad=False):
@@ -74,14 +75,12 @@ def test_matches_dense_oracle(B, R, h, d, H, W, window, dilation):
 @pytest.mark.parametrize("B,R,h,d,H,W,window,dilation", CASES)
 def test_inplace_and_plain_paths_agree(B, R, h, d, H, W, window, dilation):
     """Eager CPU inference takes the in-place path, autograd the plain-op (exportable) one."""
-    from sdcpc_core.ops.window_attention import _use_inplace_path
-
     q, k, v = _inputs(B, R, h, d, H, W)
     with torch.no_grad():
-        assert _use_inplace_path(q, k, v)
+        assert eager_cpu_inference(q, k, v)
         fast = window_attention(q, k, v, window, dilation)
     q.requires_grad_(True)
-    assert not _use_inplace_path(q, k, v)
+    assert not eager_cpu_inference(q, k, v)
     plain = window_attention(q, k, v, window, dilation)
     torch.testing.assert_close(fast, plain.detach(), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(fast, dense_oracle(q.detach(), k, v, window, dilation), rtol=1e-10, atol=1e-10)

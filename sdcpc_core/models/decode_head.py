@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops import upsample_bilinear_add_
+
 
 class LevelFusion(nn.Conv2d):
     """SegFormer's ``linear_fuse`` (same parameters) over the per-level projections ``p_i = P_i c_i + b_i``:
@@ -17,7 +19,9 @@ class LevelFusion(nn.Conv2d):
     ``E x C_i`` product ``W_i P_i``, at its own resolution; neither the ``(B, 4E, h_0, w_0)``
     concatenation nor the ``E``-wide projections are built. For MiT-B0 at 512x1024 this is 6x fewer
     multiply-adds than projecting and then fusing per level, and 16x fewer than the concatenation.
-    Values and gradients are those of SegFormer's formulation (tested in float64).
+    The upsampled levels are added into the fused map in place (``upsample_bilinear_add_``: on a CPU
+    no map of the fused size is allocated per level; 221 -> 100 ms for the fusion at MiT-B0 512x1024,
+    one thread). Values and gradients are those of SegFormer's formulation (tested in float64).
     """
 
     def forward(self, features: list[torch.Tensor], projections: nn.ModuleList, scale: torch.Tensor | None = None,
@@ -32,11 +36,10 @@ class LevelFusion(nn.Conv2d):
         bias = sum(block @ linear.bias for block, linear in zip(blocks, projections))
         if shift is not None:
             bias = bias + shift
-        size = features[0].shape[-2:]
         fused = F.conv2d(features[0], (blocks[0] @ projections[0].weight)[:, :, None, None], bias)
         for level, block, linear in zip(features[1:], blocks[1:], projections[1:]):
             mapped = F.conv2d(level, (block @ linear.weight)[:, :, None, None])
-            fused = fused.add_(F.interpolate(mapped, size=size, mode="bilinear", align_corners=False))
+            fused = upsample_bilinear_add_(fused, mapped)
         return fused
 
 

@@ -28,6 +28,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .dispatch import eager_cpu_inference
+
 __all__ = ["EXPORT_TILE", "window_attention"]
 
 EXPORT_TILE = 8  # query tile side of the exported formulation (``_attend_by_tiles``)
@@ -107,7 +109,7 @@ def window_attention(
                 regions.append((oy, ox, y0, y1, x0, x1))
 
     q_s = (q.to(acc_dtype) * scale).unsqueeze(1)  # (B, 1, h, d, H, W)
-    if _use_inplace_path(q, k, v):
+    if eager_cpu_inference(q, k, v):
         # contiguous: projections of channels-last features arrive with W not innermost
         k, v = k.to(acc_dtype).contiguous(), v.to(acc_dtype).contiguous()
         return _accumulate_inplace(q_s.contiguous(), k, v, regions).to(q.dtype)
@@ -134,14 +136,6 @@ def window_attention(
 def _accumulation_dtype(q: torch.Tensor) -> torch.dtype:
     """float32 for half-precision inputs, their own dtype otherwise."""
     return torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
-
-
-def _use_inplace_path(*tensors: torch.Tensor) -> bool:
-    """The in-place path serves eager CPU inference; tracing, autograd and other devices take the
-    plain-op path above (same results, tested)."""
-    if torch.compiler.is_compiling() or any(t.device.type != "cpu" for t in tensors):
-        return False
-    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
 
 def _accumulate_inplace(q_s: torch.Tensor, k: torch.Tensor, v: torch.Tensor, regions: list) -> torch.Tensor:
