@@ -75,7 +75,11 @@ def test_encode_program_matches_eager(exported):
     for name, output in zip(ENCODE_OUTPUTS, outputs):
         expected = getattr(cache, name)
         assert output.shape == expected.shape, name
-        torch.testing.assert_close(output, expected, rtol=1e-5, atol=1e-5, msg=name)
+        # The program computes the head's upsampling with F.interpolate, eager CPU inference phase by phase
+        # in place (upsample_bilinear_add_): float32 rounding differs, and a random ResNet-101's maps reach
+        # 1e5, so the tolerance is relative to each tensor's largest value.
+        scale = max(1.0, expected.abs().max().item())
+        torch.testing.assert_close(output, expected, rtol=1e-5, atol=1e-5 * scale, msg=name)
     assert cache.logits.shape[-2:] == (ceil_div(HEIGHT, 4), ceil_div(WIDTH, 4))
 
 

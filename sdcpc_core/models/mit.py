@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import DropPath, init_weights, map_to_tokens, tokens_to_map
+from .layers import DropPath, conv_on_tokens, init_weights, map_to_tokens, tokens_to_map
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ class EfficientSelfAttention(nn.Module):
         q = self.q(x).reshape(b, n, self.heads, d).transpose(1, 2)
         source = x
         if self.sr_ratio > 1:
-            source = self.norm(map_to_tokens(self.sr(tokens_to_map(x, height, width))))
+            source = self.norm(conv_on_tokens(self.sr, x, height, width))
         k, v = self.kv(source).reshape(b, -1, 2, self.heads, d).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
@@ -90,7 +90,7 @@ class MixFFN(nn.Module):
 
     def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
         x = self.fc1(x)
-        x = map_to_tokens(self.dwconv(tokens_to_map(x, height, width)))
+        x = conv_on_tokens(self.dwconv, x, height, width)
         return self.fc2(F.gelu(x))
 
 
