@@ -9,49 +9,26 @@ installs the ament index marker, package.xml, launch files and configuration
 under ``share/sdcpc_ros``.
 """
 
-import os
+from glob import glob
+from pathlib import Path
 
 from setuptools import find_packages, setup
 
 package_name = 'sdcpc_ros'
 version = '0.1.0'
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-# Files that never belong in an installed package.
-_SKIP_DIRS = {'__pycache__'}
-_SKIP_SUFFIXES = ('.py', '.pyc', '.pyo')
+share = 'share/' + package_name
 
 
 def _package_data(package):
-    """Every non-Python file below ``package`` (e.g. ``assets/**``), relative to it."""
-    root = os.path.join(HERE, package)
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(
-            d for d in dirnames
-            if d not in _SKIP_DIRS and not d.endswith('.egg-info') and not d.startswith('.'))
-        for name in sorted(filenames):
-            if name.endswith(_SKIP_SUFFIXES) or name.startswith('.'):
-                continue
-            found.append(os.path.relpath(os.path.join(dirpath, name), root).replace(os.sep, '/'))
-    return found
+    """Every non-Python file below ``package`` (class lists, shipped weights, op tables), relative to it.
 
-
-def _tree_data_files(source, target):
-    """data_files entries copying ``source`` (relative to this file) to ``target``, keeping subfolders."""
-    entries = []
-    for dirpath, dirnames, filenames in os.walk(os.path.join(HERE, source)):
-        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith('.'))
-        files = sorted(
-            os.path.relpath(os.path.join(dirpath, name), HERE).replace(os.sep, '/')
-            for name in filenames if not name.startswith('.') and not name.endswith(('.pyc', '.pyo')))
-        if not files:
-            continue
-        rel = os.path.relpath(dirpath, os.path.join(HERE, source))
-        dest = target if rel == os.curdir else '/'.join([target] + rel.split(os.sep))
-        entries.append((dest, files))
-    return entries
+    A walk, so that a data file added anywhere below the package ships without editing a list; the
+    ``**`` pattern of package_data would do the same but needs setuptools 62.3 (ROS Humble has 59.6).
+    """
+    root = Path(__file__).resolve().parent / package
+    return sorted(path.relative_to(root).as_posix() for path in root.rglob('*')
+                  if path.is_file() and path.suffix not in ('.py', '.pyc', '.pyo')
+                  and '__pycache__' not in path.parts)
 
 
 ONNX_REQUIRES = ['onnx', 'onnxruntime', 'onnxscript']
@@ -75,9 +52,10 @@ setup(
     package_data={'sdcpc_core': _package_data('sdcpc_core')},
     data_files=[
         ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
-        ('share/' + package_name, ['package.xml']),
-        *_tree_data_files('launch', 'share/' + package_name + '/launch'),
-        *_tree_data_files('config', 'share/' + package_name + '/config'),
+        (share, ['package.xml']),
+        (share + '/launch', sorted(glob('launch/*.launch.py'))),
+        (share + '/config', sorted(glob('config/*.yaml'))),
+        (share + '/config/train', sorted(glob('config/train/*.yaml'))),
     ],
     install_requires=[
         # The code supports torch 2.11 and newer; constraints.txt pins the
@@ -115,6 +93,10 @@ setup(
         'tensorrt': ['torch-tensorrt', 'tensorrt'],
         'test': [
             'pytest',
+            'pytest-timeout',
+            # linters (make lint, .ci/run); ruff's rule set grows between minor versions, so it is held
+            'ruff~=0.17.6',
+            'mypy~=2.4.1',
             'transformers',
             'colcon-core',
             'colcon-ros',

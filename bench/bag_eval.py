@@ -79,9 +79,9 @@ def _prepare(folder: Path, args) -> Path:
     """Writes the three bags and a random-weight ``sdcpc_b0`` checkpoint into ``folder``."""
     import torch
 
-    from sdcpc_core.checkpoints import save_weights
     from sdcpc_core.data.synthetic import SYNTHETIC_CLASSES, SyntheticConfig
     from sdcpc_core.models import build_model
+    from sdcpc_core.weights import save_weights
     from sdcpc_ros.bag.synth import write_synthetic_bag
 
     config = SyntheticConfig(height=args.size[0], width=args.size[1], num_frames=args.frames)

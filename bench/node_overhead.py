@@ -113,7 +113,7 @@ def _camera_info(height: int, width: int):
 
 def _copies_on_the_way_in(msg, image) -> int:
     """Copies of the pixels between ``msg.data`` and the array the model resizes (0 or 1)."""
-    from sdcpc_core.runtime.streaming import to_rgb
+    from sdcpc_core.runtime.image import to_rgb
 
     source = np.frombuffer(msg.data, np.uint8)
     return int(not np.shares_memory(image, source)) + int(not np.shares_memory(to_rgb(image, msg.encoding), image))
@@ -158,7 +158,6 @@ def _run_size(graph, pipeline, outputs, size, args):
 def main(argv=None):
     args = _parse_args(argv)
     import torch
-
     from rclpy.logging import LoggingSeverity
     from sensor_msgs.msg import CameraInfo, Image
 

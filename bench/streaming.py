@@ -146,7 +146,7 @@ def _run_worker(case, kinds, backend, argv, device):
 def _run_case(case, backend, argv, device, args):
     """Paired timing run of both models, then one memory run per model; per model: result dict."""
     paired = _run_worker(case, MODELS, backend, argv, device)
-    memory_argv = _without(argv, "--frames") + ["--frames", str(min(3, args.frames))]
+    memory_argv = [*_without(argv, "--frames"), "--frames", str(min(3, args.frames))]
     results = {}
     for kind in MODELS:
         if "error" in paired:

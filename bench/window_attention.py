@@ -9,7 +9,7 @@ What it measures, side by side in one run, for the same inputs (by default a
 1/8-scale feature map of a 480x853 frame, H=60, W=107, R=3 reference frames,
 C=256 channels as 8 heads x 32, window 7, batch 1, float32):
 
-* ``window``: ``sdcpc_core.ops.window_attention`` (each query attends to a
+* ``window``: ``sdcpc_core.ops.window_attention.window_attention`` (each query attends to a
   7x7 window in every reference frame);
 * ``dense``: cross-frame attention materialised the usual way,
   ``softmax(q @ k^T) @ v`` with q ``(B, h, HW, d)`` and k, v ``(B, h, R*HW, d)``,
@@ -100,7 +100,7 @@ def _make_fn(method, window, dilation):
     import torch.nn.functional as F
 
     if method == "window":
-        from sdcpc_core.ops import window_attention
+        from sdcpc_core.ops.window_attention import window_attention
 
         return lambda q, k, v: window_attention(q, k, v, window, dilation)
 

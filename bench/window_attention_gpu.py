@@ -42,9 +42,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sdcpc_core.ops.window_attention import _attend_by_tiles  # noqa: E402
-from sdcpc_core.ops.window_attention import window_attention as reference_window_attention  # noqa: E402
-from sdcpc_core.ops.window_attention_op import fused_window_attention, triton_available  # noqa: E402
+from sdcpc_core.ops.window_attention import fused_window_attention, triton_available
+from sdcpc_core.ops.window_attention import window_attention as reference_window_attention
+from sdcpc_core.ops.window_attention.tiled import _attend_by_tiles
 
 CONFIGS = [(4, 16), (8, 32)]  # heads x channels per head
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32}

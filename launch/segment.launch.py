@@ -102,4 +102,4 @@ def generate_launch_description():
         arguments=['--ros-args', '--log-level', log_level],
     )
 
-    return LaunchDescription(arguments + [node])
+    return LaunchDescription([*arguments, node])

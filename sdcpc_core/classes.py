@@ -94,7 +94,7 @@ class ClassList:
         return json.dumps(self.to_dict(), separators=(",", ":"))
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = "class list") -> "ClassList":
+    def from_dict(cls, data: dict, source: str = "class list") -> ClassList:
         """Builds a list from the YAML / JSON structure; ``ValueError`` naming ``source`` when malformed."""
         try:
             entries = data["classes"]
@@ -106,7 +106,7 @@ class ClassList:
                              f"{{id, name, color: [r, g, b]}}; {type(error).__name__}: {error})") from None
 
     @classmethod
-    def from_json(cls, text: str, source: str = "class list") -> "ClassList":
+    def from_json(cls, text: str, source: str = "class list") -> ClassList:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as error:
@@ -114,7 +114,7 @@ class ClassList:
         return cls.from_dict(data, source)
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike) -> "ClassList":
+    def from_yaml(cls, path: str | os.PathLike) -> ClassList:
         """Reads a class-list YAML file; ``FileNotFoundError`` / ``ValueError`` naming the file."""
         import yaml
 
@@ -130,7 +130,7 @@ class ClassList:
         return cls.from_dict(data, str(path))
 
     @classmethod
-    def shipped(cls, name: str) -> "ClassList":
+    def shipped(cls, name: str) -> ClassList:
         """A class list shipped with the package: ``cityscapes``, ``camvid`` or ``vspw``."""
         path = CLASS_LISTS_DIR / f"{name}.yaml"
         if not path.is_file():
@@ -138,7 +138,7 @@ class ClassList:
         return cls.from_yaml(path)
 
     @classmethod
-    def load(cls, name_or_path: str | os.PathLike) -> "ClassList":
+    def load(cls, name_or_path: str | os.PathLike) -> ClassList:
         """A shipped name or the path of a YAML file."""
         text = os.fspath(name_or_path)
         if text in shipped_class_lists():
@@ -146,7 +146,7 @@ class ClassList:
         return cls.from_yaml(text)
 
     @classmethod
-    def generic(cls, num_classes: int) -> "ClassList":
+    def generic(cls, num_classes: int) -> ClassList:
         """``class_0 .. class_{n-1}`` with distinct colours, for checkpoints that carry no list."""
         colors = _distinct_colors(num_classes)
         ignore_id = 255 if num_classes <= 255 else 65535  # mono16 label images above 255 classes

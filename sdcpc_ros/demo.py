@@ -38,7 +38,7 @@ import sys
 import time
 from pathlib import Path
 
-from .bag.io import CAMERA_INFO_TOPIC, IMAGE_TOPIC
+from .bag.bagfiles import CAMERA_INFO_TOPIC, IMAGE_TOPIC
 
 NODE_STOP_TIMEOUT_S = 15.0
 DEMO_SEED = 2000
@@ -90,7 +90,7 @@ class NodeProcess:
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
 
-    def __enter__(self) -> "NodeProcess":
+    def __enter__(self) -> NodeProcess:
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=log,
                                             stderr=subprocess.STDOUT, env=self.env)
@@ -118,7 +118,7 @@ class NodeProcess:
 
 def run(args) -> int:
     from sdcpc_core.data.synthetic import SyntheticConfig
-    from sdcpc_core.runtime.streaming import resolve_checkpoint
+    from sdcpc_core.weights.shipped import resolve_checkpoint
 
     from .bag.cli import require_ros
 

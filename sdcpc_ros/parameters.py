@@ -17,9 +17,10 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.exceptions import ParameterException
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
+from sdcpc_core.eval.smoothing import SMOOTHING_SYNTAX, parse_smoothing
 from sdcpc_core.models.sdcpc import SIZE_MULTIPLE
 from sdcpc_core.runtime.backends import BACKENDS, PRECISIONS
-from sdcpc_core.runtime.streaming import OUTPUT_RESOLUTIONS
+from sdcpc_core.runtime.image import OUTPUT_RESOLUTIONS
 
 QOS_NAMES = ("sensor_data", "default", "reliable")
 MAX_INPUT_SIDE = 8192
@@ -57,6 +58,10 @@ class NodeConfig:
     output_resolution: str = _param("camera", "Resolution of the published masks: camera (input image size) or "
                                     "network (the network's 1/4 output of the image area).",
                                     choices=OUTPUT_RESOLUTIONS)
+    smoothing: str = _param("none", "Temporal smoothing of the class probabilities over the processed frames, a "
+                            "cheap consistency filter for per-frame models (for SD-CPC models it applies on top of "
+                            "the temporal step): none, ema:A (moving average, weight A of the newest frame) or "
+                            "window (mean over the frame and its reference_offsets).", accepted=SMOOTHING_SYNTAX)
     publish_color: bool = _param(True, "Publish semantic_mask/color (rgb8 class colours).")
     publish_confidence: bool = _param(False, "Publish semantic_mask/confidence (32FC1 softmax probability).")
     publish_dynamic: bool = _param(True, "Publish semantic_mask/dynamic (mono8, 255 on dynamic classes).")
@@ -144,6 +149,11 @@ def _checked(spec, value):
             ok = ok and bool(value.strip())
         elif spec.name == "device":
             ok = ok and bool(_DEVICE.match(value))
+        elif spec.name == "smoothing" and ok:
+            try:
+                parse_smoothing(value)
+            except ValueError:
+                ok = False
     else:  # lists
         items = tuple(value) if isinstance(value, (list, tuple)) else None
         if kind == "int[]":

@@ -24,7 +24,8 @@ import numpy as np
 from sensor_msgs.msg import CameraInfo, Image, RegionOfInterest
 
 from sdcpc_core.classes import ClassList
-from sdcpc_core.runtime.streaming import ENCODINGS, SegmentationResult, StreamingSegmenter
+from sdcpc_core.runtime.image import ENCODINGS
+from sdcpc_core.runtime.streaming import SegmentationResult, StreamingSegmenter
 
 from .diagnostics import NodeStats
 from .image_codec import ImageDecodeError, array_to_image_fields, compressed_to_array, image_to_array
@@ -102,8 +103,9 @@ class ProcessedFrame:
 
 
 class LabelPainter:
-    """Class ids -> colour image and dynamic mask, through lookup tables (OpenCV for uint8 ids: about 15x
-    faster than numpy indexing at 640x480)."""
+    """Class ids -> colour image and dynamic mask, through lookup tables (OpenCV for uint8 ids:
+    ``cv2.applyColorMap`` and ``cv2.LUT`` make one pass in C over the pixels, where numpy's fancy
+    indexing gathers through an index array; the node's per-frame cost is in bench/RESULTS.md)."""
 
     def __init__(self, classes: ClassList, dynamic_ids) -> None:
         self.classes = classes

@@ -39,9 +39,9 @@ from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import String
 
-from sdcpc_core.checkpoints import load_model, read_class_list
 from sdcpc_core.classes import ClassList
-from sdcpc_core.runtime.streaming import StreamingSegmenter, resolve_checkpoint
+from sdcpc_core.runtime.streaming import StreamingSegmenter
+from sdcpc_core.weights.resolve import LoadedModel, open_model
 
 from .diagnostics import NodeStats, diagnostic_status
 from .parameters import NodeConfig, ParameterError, declare_parameters, latched_qos, qos_profile, read_parameters
@@ -61,6 +61,7 @@ CLASSES_TOPIC = "semantic_mask/classes"
 DIAGNOSTICS_TOPIC = "/diagnostics"
 CLASSES_PARAMETER = "classes"
 DIAGNOSTICS_PERIOD_S = 1.0
+DEFAULT_INPUT_SIZE = (480, 864)  # network input when neither the parameters nor the checkpoint give one
 
 
 class StartupError(ValueError):
@@ -71,34 +72,39 @@ def load_segmenter(config: NodeConfig) -> tuple[StreamingSegmenter, ClassList]:
     """The segmenter and class list that ``config`` asks for; ``StartupError`` naming the parameter at fault."""
     _check_device(config.device)
     try:
-        path = resolve_checkpoint(config.model)
-        model = load_model(path)
+        loaded = open_model(config.model, class_hint="the class_palette_file parameter")
     except (OSError, ValueError) as error:
         raise StartupError(f"parameter 'model' ({config.model!r}): {error}") from None
     try:
         segmenter = StreamingSegmenter(
-            model, backend=config.backend, device=config.device, precision=config.precision,
-            input_size=config.input_size, reference_offsets=config.reference_offsets,
+            loaded.model, backend=config.backend, device=config.device, precision=config.precision,
+            input_size=network_input_size(config, loaded), reference_offsets=config.reference_offsets,
             frame_period_s=config.frame_period_s, max_gap_s=config.max_gap_s,
-            output_resolution=config.output_resolution)
+            output_resolution=config.output_resolution, smoothing=config.smoothing)
     except (ValueError, ImportError, RuntimeError) as error:
         raise StartupError(f"parameters backend ({config.backend}), device ({config.device}) and precision "
                            f"({config.precision}): {error}") from None
+    segmenter.loaded = loaded
     try:
         if config.class_palette_file:
             classes, source = ClassList.load(config.class_palette_file), config.class_palette_file
         else:
-            classes, source = read_class_list(path), str(path)
-            if classes is None:
-                classes = ClassList.generic(segmenter.num_classes)
+            classes, source = loaded.classes, str(loaded.info.path)
     except (OSError, ValueError) as error:
-        name = "class_palette_file" if config.class_palette_file else "model"
-        raise StartupError(f"parameter '{name}': {error}") from None
+        raise StartupError(f"parameter 'class_palette_file': {error}") from None
     if len(classes) != segmenter.num_classes:
         raise StartupError(f"parameter 'class_palette_file': the class list of {source} has {len(classes)} classes "
                            f"but the model predicts {segmenter.num_classes}; give a list with "
                            f"{segmenter.num_classes} classes")
     return segmenter, classes
+
+
+def network_input_size(config: NodeConfig, loaded: LoadedModel) -> tuple[int, int]:
+    """The input_height x input_width parameters; where one is unset (0), the checkpoint's recommended size
+    (the scale it was trained at), else ``DEFAULT_INPUT_SIZE``."""
+    if all(config.input_size):
+        return config.input_size
+    return loaded.input_size or DEFAULT_INPUT_SIZE
 
 
 def _check_device(device: str) -> None:
@@ -121,6 +127,12 @@ class SegmentRuntime:
         self.node = node
         self.config = config
         self.segmenter, self.classes = load_segmenter(config)
+        logger = node.get_logger()
+        logger.info(f"{self.segmenter.loaded.message[0].upper()}{self.segmenter.loaded.message[1:]}.")
+        if self.segmenter.loaded.demo:
+            logger.warning(f"{config.model} is {self.segmenter.loaded.demo}: expect wrong classes on real camera "
+                           f"images; set the parameter 'model' to your own weights (a Hugging Face SegFormer "
+                           f"folder, an mmseg .pth or an sdcpc checkpoint).")
         self.stats = NodeStats()
         self.dynamic_ids = self._dynamic_ids()
         output_qos = qos_profile(config.output_qos, config.output_qos_depth)
@@ -179,7 +191,7 @@ class SegmentRuntime:
         node.get_logger().info(
             f"Segmenting {self._subscriptions[0].topic_name} with {config.model} ({len(self.classes)} classes, "
             f"backend {config.backend}, device {config.device}, {config.precision}, input "
-            f"{config.input_height}x{config.input_width}).")
+            f"{'x'.join(map(str, self.segmenter.config.input_size))}).")
 
     def deactivate(self) -> None:
         """Unsubscribes and stops the worker; the temporal memory is cleared."""

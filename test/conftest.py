@@ -4,6 +4,22 @@ import torch
 
 from sdcpc_core.models import build_model
 
+SLOW_TIMEOUT_S = 900
+
+
+def pytest_collection_modifyitems(items):
+    """Tests marked ``slow`` get a timeout of SLOW_TIMEOUT_S unless they set their own (``@pytest.mark.timeout``);
+    the others have the default of pyproject.toml."""
+    for item in items:
+        if item.get_closest_marker("slow") is not None and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S))
+
+
+def pytest_runtest_setup(item):
+    """Tests marked ``gpu`` skip, with the reason, on a machine without a CUDA device."""
+    if item.get_closest_marker("gpu") is not None and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device (torch.cuda.is_available() is False)")
+
 
 @pytest.fixture(scope="session", autouse=True)
 def one_torch_thread():

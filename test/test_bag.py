@@ -15,19 +15,21 @@ import torch
 
 pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed: pip install -e '.[ros]'")
 
-from sdcpc_core.checkpoints import save_weights  # noqa: E402
-from sdcpc_core.data.synthetic import SYNTHETIC_CLASSES, SyntheticConfig, SyntheticDrive  # noqa: E402
-from sdcpc_core.eval.metrics import ConfusionMatrix  # noqa: E402
-from sdcpc_core.models import build_model  # noqa: E402
-from sdcpc_core.runtime.streaming import StreamingSegmenter  # noqa: E402
-from sdcpc_ros.bag import cli  # noqa: E402
-from sdcpc_ros.bag.io import BagError, BagReader, BagWriter  # noqa: E402
-from sdcpc_ros.bag.offline import evaluate_offline  # noqa: E402
-from sdcpc_ros.bag.scoring import EvalOutputs, FrameMatcher, frame_ranges  # noqa: E402
-from sdcpc_ros.bag.synth import DEFAULT_START_NS, write_synthetic_bag  # noqa: E402
-from sdcpc_ros.image_codec import compressed_to_array, image_to_array  # noqa: E402
-from sdcpc_ros.parameters import NodeConfig  # noqa: E402
-from sdcpc_ros.pipeline import stamp_to_ns  # noqa: E402
+from sdcpc_core.data.synthetic import SYNTHETIC_CLASSES, SyntheticConfig, SyntheticDrive
+from sdcpc_core.eval.metrics import ConfusionMatrix
+from sdcpc_core.models import build_model
+from sdcpc_core.runtime.streaming import StreamingSegmenter
+from sdcpc_core.weights import save_weights
+from sdcpc_ros.bag import cli
+from sdcpc_ros.bag.bagfiles import BagError, BagReader, BagWriter
+from sdcpc_ros.bag.offline import evaluate_offline
+from sdcpc_ros.bag.scoring import EvalOutputs, FrameMatcher, frame_ranges
+from sdcpc_ros.bag.synth import DEFAULT_START_NS, write_synthetic_bag
+from sdcpc_ros.image_codec import compressed_to_array, image_to_array
+from sdcpc_ros.parameters import NodeConfig
+from sdcpc_ros.pipeline import stamp_to_ns
+
+pytestmark = pytest.mark.ros  # every test here needs ROS 2 (rclpy and the message packages)
 
 SIZE = (48, 96)
 INPUT = (64, 96)
@@ -121,16 +123,15 @@ def test_synth_refuses_an_existing_output_unless_overwrite(tmp_path):
 
 # ------------------------------------------------------------------------------------------ reading, writing
 def test_writer_leaves_nothing_when_interrupted(tmp_path):
-    with pytest.raises(RuntimeError, match="disk full"):
-        with BagWriter(tmp_path / "half.mcap") as bag:
-            connection = bag.add_topic("/camera/labels", "sensor_msgs/msg/Image")
-            bag.write(connection, 1, b"\x00" * 8)
-            raise RuntimeError("disk full")
+    with pytest.raises(RuntimeError, match="disk full"), BagWriter(tmp_path / "half.mcap") as bag:
+        connection = bag.add_topic("/camera/labels", "sensor_msgs/msg/Image")
+        bag.write(connection, 1, b"\x00" * 8)
+        raise RuntimeError("disk full")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_writer_storage_must_match_the_suffix(tmp_path):
-    with pytest.raises(BagError, match="suffix .mcap of mcap storage but sqlite3"):
+    with pytest.raises(BagError, match=r"suffix \.mcap of mcap storage but sqlite3"):
         BagWriter(tmp_path / "x.mcap", storage="sqlite3")
 
 
@@ -147,9 +148,8 @@ def test_damaged_bags_give_one_sentence_naming_the_file(tmp_path, drive_bag):
              (tmp_path / "notes.txt", "not a rosbag2 bag"),
              (tmp_path / "missing.mcap", "missing.mcap does not exist")]
     for path, pattern in cases:
-        with pytest.raises(BagError, match=pattern):
-            with BagReader(path) as reader:
-                list(reader.messages())
+        with pytest.raises(BagError, match=pattern), BagReader(path) as reader:
+            list(reader.messages())
 
 
 def test_missing_topic_lists_the_topics_of_the_bag(drive_bag):
@@ -269,8 +269,8 @@ def test_offline_eval_refuses_an_unsupported_encoding(tmp_path, checkpoint):
                 is_bigendian=0, step=16, data=np.zeros(64, np.uint8))
             bag.write_message(connection, i, message)
     config = NodeConfig(model=str(checkpoint), input_height=INPUT[0], input_width=INPUT[1])
-    with pytest.raises(BagError, match="/camera/image_raw in bag .*depth.mcap: .*image encoding '32FC1' is not "
-                                       "supported; accepted encodings: rgb8"):
+    with pytest.raises(BagError, match=r"/camera/image_raw in bag .*depth\.mcap: .*image encoding '32FC1' is not "
+                                       r"supported; accepted encodings: rgb8"):
         evaluate_offline(bag_path, config, EvalOutputs.under(tmp_path / "out"), progress=False)
     assert not (tmp_path / "out" / "semantic_mask.mcap").exists() and not (tmp_path / "out" / "report").exists()
 

@@ -16,12 +16,14 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
 from sdcpc_core.data.synthetic import SyntheticConfig  # noqa: E402
-from sdcpc_ros.bag.io import BagError, BagReader  # noqa: E402
+from sdcpc_ros.bag.bagfiles import BagError, BagReader  # noqa: E402
 from sdcpc_ros.bag.live import evaluate_live  # noqa: E402
 from sdcpc_ros.bag.play import BagPlayer, RosSession, message_class  # noqa: E402
 from sdcpc_ros.bag.scoring import EvalOutputs  # noqa: E402
 from sdcpc_ros.bag.synth import write_synthetic_bag  # noqa: E402
 from sdcpc_ros.pipeline import stamp_to_ns  # noqa: E402
+
+pytestmark = pytest.mark.ros  # every test here needs ROS 2 (rclpy and the message packages)
 
 DOMAIN = random.SystemRandom().randint(1, 200)
 FRAMES = 10
@@ -98,9 +100,9 @@ def test_play_loops_until_stopped(bag):
 
 def test_play_refuses_unknown_topics_and_types(bag):
     with BagReader(bag) as reader, RosSession("refuser", DOMAIN) as session:
-        with pytest.raises(BagError, match="topic /nope is not in bag .*drive.mcap; its topics: /camera/camera_info"):
+        with pytest.raises(BagError, match=r"topic /nope is not in bag .*drive\.mcap; its topics: /camera/camera_info"):
             BagPlayer(session.node, reader, ["/nope"])
-        with pytest.raises(BagError, match="remapped topic.s. /camera/labels are not played"):
+        with pytest.raises(BagError, match=r"remapped topic\(s\) /camera/labels are not played"):
             BagPlayer(session.node, reader, ["/camera/image_raw"], {"/camera/labels": "/x"})
     with pytest.raises(BagError, match="message type acme_msgs/msg/Thing is not installed"):
         message_class("acme_msgs/msg/Thing", "/thing")

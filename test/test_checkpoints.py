@@ -8,10 +8,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from sdcpc_core import checkpoints
-from sdcpc_core.checkpoints import CheckpointError, load_model, load_weights, save_weights
 from sdcpc_core.models import build_model
 from sdcpc_core.models.resnet import DilatedResNet
+from sdcpc_core.weights import CheckpointError, load_model, load_weights, save_weights
+from sdcpc_core.weights import format as weights_format
 
 NUM_LABELS = 19
 B0 = dict(num_labels=NUM_LABELS, decoder_hidden_size=256)
@@ -346,7 +346,7 @@ def test_failed_save_keeps_previous_file(trained_b0, tmp_path, monkeypatch):
             f.write(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(checkpoints, "save_file", broken_save)
+    monkeypatch.setattr(weights_format, "save_file", broken_save)
     with pytest.raises(OSError, match="disk full"):
         save_weights(build_model("sdcpc_b0", NUM_LABELS), path)
     assert path.read_bytes() == before
@@ -445,7 +445,7 @@ def test_arbitrary_objects_are_not_unpickled(tmp_path):
 def test_missing_path_and_unknown_layout(tmp_path):
     model = build_model("segformer_b0", NUM_LABELS)
     before = snapshot(model)
-    with pytest.raises(FileNotFoundError, match="nowhere.safetensors"):
+    with pytest.raises(FileNotFoundError, match=r"nowhere\.safetensors"):
         load_weights(model, tmp_path / "nowhere.safetensors")
     save_file({"foo.weight": torch.zeros(2)}, str(tmp_path / "foo.safetensors"))
     with pytest.raises(ValueError, match=r"unrecognised checkpoint layout.*foo\.weight.*accepted formats"):
@@ -463,7 +463,7 @@ def test_safetensors_header_length_that_looks_like_a_pickle_opcode(tmp_path):
         if path.read_bytes()[0] == 0x80:
             break
     assert path.read_bytes()[0] == 0x80
-    from sdcpc_core.checkpoints import _read_safetensors
+    from sdcpc_core.weights.files import read_safetensors
 
-    tensors, metadata = _read_safetensors(path)
+    tensors, metadata = read_safetensors(path)
     assert set(tensors) == {"x"} and len(metadata["pad"]) == pad

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from sdcpc_core.checkpoints import read_class_list, save_weights
 from sdcpc_core.classes import ClassInfo, ClassList, shipped_class_lists
 from sdcpc_core.models import build_model
+from sdcpc_core.weights import read_class_list, save_weights
 
 
 def test_shipped_lists_round_trip_through_json():
@@ -45,11 +45,11 @@ def test_invalid_lists_are_refused(classes, match):
 
 
 def test_bad_files_name_the_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match='missing.yaml'):
+    with pytest.raises(FileNotFoundError, match=r'missing\.yaml'):
         ClassList.load(tmp_path / 'missing.yaml')
     bad = tmp_path / 'bad.yaml'
     bad.write_text('classes: [{id: 0}]\n')
-    with pytest.raises(ValueError, match='bad.yaml'):
+    with pytest.raises(ValueError, match=r'bad\.yaml'):
         ClassList.from_yaml(bad)
     with pytest.raises(ValueError, match='shipped: camvid, cityscapes, vspw'):
         ClassList.shipped('kitti')

@@ -7,9 +7,7 @@ import torch
 from sdcpc_core.data import ClipSampler, reference_indices
 
 cv2 = pytest.importorskip('cv2')
-from sdcpc_core.data.transforms import (  # noqa: E402
-    IMAGENET_MEAN, IMAGENET_STD, ClipEvalTransform, ClipTrainTransform, rescale_size)
-
+from sdcpc_core.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ClipEvalTransform, ClipTrainTransform, rescale_size  # noqa: E402
 
 # ----------------------------------------------------------------------------- clip indices
 

@@ -9,8 +9,7 @@ import pytest
 cv2 = pytest.importorskip('cv2')
 Image = pytest.importorskip('PIL.Image')
 
-from sdcpc_core.data.datasets import (  # noqa: E402
-    CamVidDataset, CityscapesSequenceDataset, UnreadableImageError, VSPWDataset)
+from sdcpc_core.data.datasets import CamVidDataset, CityscapesSequenceDataset, UnreadableImageError, VSPWDataset  # noqa: E402
 
 H, W = 32, 48
 
@@ -30,7 +29,7 @@ def _write_rgb(path, value):
 
 
 def _red(frame):
-    return int(round(float(frame[..., 0].mean())))
+    return round(float(frame[..., 0].mean()))
 
 
 def _write_label(path, arr, palette=False):
@@ -99,7 +98,7 @@ def test_vspw_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match='VSPW root'):
         VSPWDataset(str(tmp_path / 'nope'))
     _vspw_tree(tmp_path, n_frames=4)
-    with pytest.raises(FileNotFoundError, match='test.txt'):
+    with pytest.raises(FileNotFoundError, match=r'test\.txt'):
         VSPWDataset(str(tmp_path), 'test')
     (tmp_path / 'test.txt').write_text('missing_video\n')
     with pytest.raises(FileNotFoundError, match='missing_video'):

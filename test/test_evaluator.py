@@ -10,13 +10,13 @@ import torch
 
 cv2 = pytest.importorskip("cv2")
 
-from sdcpc_core.checkpoints import save_weights  # noqa: E402
 from sdcpc_core.classes import ClassList  # noqa: E402
 from sdcpc_core.data.datasets import VSPWDataset  # noqa: E402
 from sdcpc_core.eval.evaluator import evaluate  # noqa: E402
 from sdcpc_core.eval.metrics import ConfusionMatrix, video_consistency  # noqa: E402
 from sdcpc_core.models import build_model  # noqa: E402
 from sdcpc_core.tools.evaluate import main  # noqa: E402
+from sdcpc_core.weights import save_weights  # noqa: E402
 
 H, W = 60, 90  # frame size; short side 50 -> network input 50x75, padded to 64x96 by the model
 SHORT_SIDE = 50
@@ -79,7 +79,9 @@ def _independent_scores(seen, consistency_mode):
         videos[video][1].append(pred)
     gt = [np.stack(v[0]) for v in videos.values()]
     pred = [np.stack(v[1]) for v in videos.values()]
-    return confusion, {f"mVC{n}": video_consistency(gt, pred, n, consistency_mode) for n in (8, 16)}
+    scores = {f"mVC{n}": video_consistency(gt, pred, n, consistency_mode) for n in (8, 16)}
+    scores.update({f"mVC{n}_correct": video_consistency(gt, pred, n, consistency_mode, correct=True) for n in (8, 16)})
+    return confusion, scores
 
 
 def test_clip_and_streaming_modes_predict_the_same_and_scores_match(tiny_temporal_model, dataset):
@@ -114,8 +116,11 @@ def test_clip_and_streaming_modes_predict_the_same_and_scores_match(tiny_tempora
     assert all(r["stamp_ns"] is None for r in clip.frames)
     assert set(stream.latency_ms) == {"preprocess", "encode", "temporal", "postprocess", "total"}
     assert all(len(v) == sum(VIDEOS.values()) for v in stream.latency_ms.values())
-    assert len(clip.overlays) == 3 and all(o.shape == (H, 2 * W, 3) and o.dtype == np.uint8 for o in clip.overlays)
-    assert stream.overlays == []
+    assert len(clip.overlays) == 3 and stream.overlays == []
+    first_overlay = clip.overlays[0]  # the first scored frame: ground truth, prediction and image of that frame
+    assert first_overlay.caption == "long frame 0" and first_overlay.image.shape == (H, W, 3)
+    np.testing.assert_array_equal(first_overlay.labels, clip_seen[0][2])
+    np.testing.assert_array_equal(first_overlay.prediction, clip_seen[0][3])
 
 
 def test_constant_model_scores_follow_the_label_statistics(dataset):
@@ -146,7 +151,11 @@ def test_constant_model_scores_follow_the_label_statistics(dataset):
         assert [r["video"] for r in report.frames] == ["long"] * VIDEOS["long"]
         np.testing.assert_allclose(report.confusion.iou(), expected_iou)
         assert report.summary()["mIoU"] == pytest.approx(100 * np.nanmean(expected_iou))
-        assert report.consistency == pytest.approx({"mVC8": 1.0, "mVC16": 1.0})
+        assert report.consistency == pytest.approx({
+            "mVC8": 1.0, "mVC16": 1.0,  # predictions never change: stable everywhere
+            **{f"mVC{n}_correct": video_consistency([labels], [np.zeros_like(labels)], n, "corrected", correct=True)
+               for n in (8, 16)}})
+        assert 0 < report.consistency["mVC8_correct"] < 1  # ... but right only where the ground truth is class 0
         assert all(r["consistency"] == 1.0 for r in report.frames[1:])
         assert report.frames[0]["accuracy"] == pytest.approx(counts[0] / valid.sum())
         assert "per-frame" in report.info["model"]

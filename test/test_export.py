@@ -41,7 +41,7 @@ def _images(count: int, seed: int = 1) -> list[torch.Tensor]:
     return [torch.randn(1, 3, HEIGHT, WIDTH, generator=generator) for _ in range(count)]
 
 
-@pytest.fixture(scope="module", params=["sdcpc_b0", "sdcpc_r101"])
+@pytest.fixture(scope="module", params=["sdcpc_b0", pytest.param("sdcpc_r101", marks=pytest.mark.slow)])
 def exported(request):
     model = _temporal_model(request.param)
     return model, export_programs(model, HEIGHT, WIDTH, num_refs=REFS, strict=True)
@@ -97,6 +97,7 @@ def test_temporal_program_matches_eager(exported):
 
 
 @torch.no_grad()
+@pytest.mark.slow
 def test_per_frame_baseline_exports_logits_only():
     torch.manual_seed(0)
     model = build_model("segformer_b0", CLASSES).eval()

@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "bench" / "gpu_session.sh"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and timeout")
 def test_selected_steps_run_log_and_summarise(tmp_path):
     env = dict(os.environ, OUT=str(tmp_path), STEPS="environment window_attention", PYTHON=sys.executable)

@@ -6,9 +6,12 @@ import cv2
 import numpy as np
 import pytest
 from rosbags.typesys import Stores, get_typestore
+
+pytest.importorskip("sensor_msgs", reason="sensor_msgs (ROS 2) is not installed: pip install -e '.[ros]'")
+
 from sensor_msgs.msg import CompressedImage, Image
 
-from sdcpc_core.runtime.streaming import ENCODINGS, to_rgb
+from sdcpc_core.runtime.image import ENCODINGS, to_rgb
 from sdcpc_ros.image_codec import (
     ImageDecodeError,
     array_to_image_fields,
@@ -16,6 +19,8 @@ from sdcpc_ros.image_codec import (
     encoding_layout,
     image_to_array,
 )
+
+pytestmark = pytest.mark.ros  # every test here needs ROS 2 (rclpy and the message packages)
 
 ROSBAGS = get_typestore(Stores.ROS2_HUMBLE).types
 CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}

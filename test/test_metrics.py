@@ -9,7 +9,6 @@ import torch
 
 from sdcpc_core.eval import ConfusionMatrix, video_consistency
 
-
 # ----------------------------------------------------------------------------- confusion matrix
 
 def _small_case():
@@ -190,7 +189,7 @@ def test_vc_matches_independent_formulation_on_random_videos(n):
 
 def test_vc_errors():
     g, p = _short_video()
-    with pytest.raises(ValueError, match="unknown video consistency mode 'foo'.*vspw.*corrected"):
+    with pytest.raises(ValueError, match=r"unknown video consistency mode 'foo'.*vspw.*corrected"):
         video_consistency([g], [p], mode='foo')
     with pytest.raises(ValueError, match='no window'):
         video_consistency([g], [p], n=8, mode='vspw')  # 10 frames <= 16
@@ -198,3 +197,71 @@ def test_vc_errors():
         video_consistency([g], [p], n=11, mode='corrected')
     with pytest.raises(ValueError, match='same shape'):
         video_consistency([g], [p[:, :, :1]], n=2, mode='corrected')
+
+
+# ------------------------------------------------------------------- correctness-aware consistency
+
+def _three_frames():
+    """3 frames of 1x4 pixels a, b, c, d. Ground truth 0 everywhere except d = 1 from frame 1 on.
+    Predictions: a right throughout; b wrong and stable (1); c 1, 0, 0; d 0, 1, 1."""
+    gt = np.array([[[0, 0, 0, 0]], [[0, 0, 0, 1]], [[0, 0, 0, 1]]], dtype=np.uint8)
+    pred = np.array([[[0, 1, 1, 0]], [[0, 1, 0, 1]], [[0, 1, 0, 1]]], dtype=np.uint8)
+    return gt, pred
+
+
+def test_correct_consistency_hand_computed():
+    gt, pred = _three_frames()
+    # window (0, 1): gt stable at a, b, c (den 3); prediction stable at a, b (2/3); correct at a only (1/3).
+    # window (1, 2): gt stable everywhere (den 4); prediction stable everywhere (4/4); correct at a, c, d (3/4).
+    assert video_consistency([gt], [pred], n=2, mode='corrected') == pytest.approx((2 / 3 + 1) / 2)
+    assert video_consistency([gt], [pred], n=2, mode='corrected', correct=True) == pytest.approx((1 / 3 + 3 / 4) / 2)
+    # a model that always answers 1 is perfectly stable (mVC 1) but right only at d in window (1, 2)
+    wrong = np.ones_like(pred)
+    assert video_consistency([gt], [wrong], n=2, mode='corrected') == pytest.approx(1.0)
+    assert video_consistency([gt], [wrong], n=2, mode='corrected', correct=True) == pytest.approx((0 + 1 / 4) / 2)
+    # the three-frame window: gt stable at a, b, c; correct in all three frames at a only
+    assert video_consistency([gt], [pred], n=3, mode='corrected', correct=True) == pytest.approx(1 / 3)
+
+
+def test_correct_consistency_ignore_pixels_in_both_modes():
+    """18 frames (the vspw mode needs more than 16), pixel a class 0, pixel b ignore; both predicted 0.
+    vspw keeps b in the denominator but it can never be correct: 1/2; corrected leaves b out: 1."""
+    gt = np.zeros((18, 1, 2), dtype=np.uint8)
+    gt[:, 0, 1] = 255
+    pred = np.zeros_like(gt)
+    assert video_consistency([gt], [pred], n=8, mode='vspw') == pytest.approx(1.0)
+    assert video_consistency([gt], [pred], n=8, mode='vspw', correct=True) == pytest.approx(0.5)
+    assert video_consistency([gt], [pred], n=8, mode='corrected', correct=True) == pytest.approx(1.0)
+    # a wrong frame inside some windows: vspw windows start 0..9 and frame 12 lies in those starting 5..9
+    pred[12, 0, 0] = 3
+    assert video_consistency([gt], [pred], n=8, mode='vspw', correct=True) == pytest.approx((5 * 0.5 + 5 * 0) / 10)
+    # corrected windows start 0..10; those starting 5..10 contain frame 12
+    assert video_consistency([gt], [pred], n=8, mode='corrected', correct=True) == pytest.approx(5 / 11)
+
+
+@pytest.mark.parametrize('mode', ['vspw', 'corrected'])
+def test_consistency_scores_agree_with_video_consistency_and_correct_is_never_higher(mode):
+    from sdcpc_core.eval import consistency_scores
+
+    rng = np.random.default_rng(5)
+    gts, preds = [], []
+    for length in (20, 18, 9):
+        g = rng.integers(0, 3, size=(1, 6, 7)).repeat(length, axis=0)
+        g[rng.random(g.shape) < 0.05] = 255
+        g[:, 1, 1] = 255  # an ignore pixel throughout
+        p = np.where(rng.random(g.shape) < 0.15, rng.integers(0, 3, size=g.shape), np.clip(g, 0, 2))
+        p[:, 0] = 3  # a row that is stable and always wrong
+        gts.append(g.astype(np.uint8))
+        preds.append(p.astype(np.uint8))
+    scores = consistency_scores(gts, preds, (2, 8, 40), mode)
+    assert list(scores) == ['mVC2', 'mVC8', 'mVC40', 'mVC2_correct', 'mVC8_correct', 'mVC40_correct']
+    for n in (2, 8):
+        assert scores[f'mVC{n}'] == pytest.approx(video_consistency(gts, preds, n, mode))
+        assert scores[f'mVC{n}_correct'] == pytest.approx(video_consistency(gts, preds, n, mode, correct=True))
+        assert 0 < scores[f'mVC{n}_correct'] < scores[f'mVC{n}'] <= 1
+    assert math.isnan(scores['mVC40']) and math.isnan(scores['mVC40_correct'])  # no 40-frame window
+    # a perfect prediction (the ground truth itself): 1 in the corrected mode; in the vspw mode the stable
+    # ignore pixels stay in the denominator and are never correct
+    perfect = consistency_scores(gts, gts, (8,), mode)
+    assert perfect['mVC8'] == 1.0
+    assert perfect['mVC8_correct'] == 1.0 if mode == 'corrected' else 0.9 < perfect['mVC8_correct'] < 1.0

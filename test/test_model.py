@@ -66,7 +66,7 @@ def test_unknown_variant_lists_valid_ones():
 
 
 def test_unknown_and_invalid_options_name_the_field():
-    with pytest.raises(ValueError, match="unknown model option.*windw.*valid options.*window"):
+    with pytest.raises(ValueError, match=r"unknown model option.*windw.*valid options.*window"):
         build_model("sdcpc_b0", 19, windw=7)
     with pytest.raises(ValueError, match=r"coarse_tokens must be in 1\.\.3840, got 5000"):
         build_model("sdcpc_b0", 19, coarse_tokens=5000)

@@ -30,13 +30,15 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
 import sdcpc_ros.segment_node as segment_node  # noqa: E402
-from sdcpc_core.checkpoints import save_weights  # noqa: E402
 from sdcpc_core.classes import ClassInfo, ClassList  # noqa: E402
 from sdcpc_core.models import build_model  # noqa: E402
+from sdcpc_core.weights import save_weights  # noqa: E402
 from sdcpc_ros.image_codec import array_to_image_fields  # noqa: E402
 from sdcpc_ros.parameters import NodeConfig, ParameterError, latched_qos  # noqa: E402
 from sdcpc_ros.pipeline import FrameQueue  # noqa: E402
 from sdcpc_ros.segment_node import SegmentLifecycleNode, SegmentNode, StartupError  # noqa: E402
+
+pytestmark = pytest.mark.ros  # every test here needs ROS 2 (rclpy and the message packages)
 
 CLASSES = ClassList(tuple(ClassInfo(i, name, color) for i, (name, color) in enumerate([
     ("road", (128, 64, 128)), ("person", (220, 20, 60)), ("car", (0, 0, 142)), ("sky", (70, 130, 180)),
@@ -317,7 +319,7 @@ def test_bad_messages_are_skipped_counted_and_logged_once(graph, checkpoint, dia
     publisher = image_publisher(graph, node)
     bad = _bad_images()
     for round_ in range(2):
-        for kind, messages in bad.items():
+        for messages in bad.values():
             for msg in messages:
                 publisher.publish(msg)
                 time.sleep(0.02)  # one at a time: with the default (newest frame) policy none is dropped
@@ -475,6 +477,7 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc to read the memory in use")
 def test_30hz_into_a_slow_model_for_20s_keeps_memory_bounded(graph, checkpoint, slow_model, diagnostics_probe):
     slow_model[0] = 0.1  # about 9 frames a second: two of every three frames must be dropped

@@ -21,10 +21,8 @@ onnx = pytest.importorskip("onnx")
 onnxruntime = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper  # noqa: E402
 
-from sdcpc_core.checkpoints import save_weights  # noqa: E402
 from sdcpc_core.runtime import onnx_backend  # noqa: E402
 from sdcpc_core.runtime.backends import create_backend  # noqa: E402
-from sdcpc_core.runtime.export import ENCODE_OUTPUTS, EXPORT_FORMAT, TEMPORAL_INPUTS, TEMPORAL_OUTPUTS  # noqa: E402
 from sdcpc_core.runtime.onnx_export import (  # noqa: E402
     OPSET,
     check_tensorrt_compatibility,
@@ -33,7 +31,9 @@ from sdcpc_core.runtime.onnx_export import (  # noqa: E402
     sha256_file,
     tensorrt_operator_table,
 )
+from sdcpc_core.runtime.programs import ENCODE_OUTPUTS, EXPORT_FORMAT, TEMPORAL_INPUTS, TEMPORAL_OUTPUTS  # noqa: E402
 from sdcpc_core.tools.export import main as export_main  # noqa: E402
+from sdcpc_core.weights import save_weights  # noqa: E402
 
 HEIGHT, WIDTH, CLASSES, REFS = 64, 96, 5, 3
 SIZE = f"{HEIGHT}x{WIDTH}"
@@ -81,6 +81,7 @@ def _assert_close_labels(expected: torch.Tensor, got: torch.Tensor) -> None:
 
 
 # ------------------------------------------------------------------------------ CLI + manifest
+@pytest.mark.slow
 def test_cli_writes_the_folder_and_reports_the_check(exported):
     folder, stdout = exported
     assert sorted(p.name for p in folder.iterdir()) == ["encode.onnx", "manifest.json", "temporal.onnx"]
@@ -89,6 +90,7 @@ def test_cli_writes_the_folder_and_reports_the_check(exported):
     assert "temporal vs eager" in stdout
 
 
+@pytest.mark.slow
 def test_manifest_describes_the_files(exported, checkpoint, model):
     folder, _ = exported
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -119,6 +121,7 @@ def test_manifest_describes_the_files(exported, checkpoint, model):
     shutil.rmtree(copy)
 
 
+@pytest.mark.slow
 def test_graphs_hold_no_local_paths(exported):
     folder, _ = exported
     for name in ("encode.onnx", "temporal.onnx", "manifest.json"):
@@ -128,6 +131,7 @@ def test_graphs_hold_no_local_paths(exported):
 
 # -------------------------------------------------------------------------- parity with eager
 @torch.no_grad()
+@pytest.mark.slow
 def test_onnxruntime_matches_eager(exported, model):
     folder, _ = exported
     encode = onnxruntime.InferenceSession(str(folder / "encode.onnx"), providers=["CPUExecutionProvider"])
@@ -158,6 +162,7 @@ def test_operator_table_records_its_source():
     assert not set(table["supported"]) & set(table["unsupported"])
 
 
+@pytest.mark.slow
 def test_check_passes_on_our_graphs(exported):
     folder, _ = exported
     for name in ("encode.onnx", "temporal.onnx"):
@@ -238,6 +243,7 @@ def _fake_export(source: Path):
     return fake, calls
 
 
+@pytest.mark.slow
 def test_backend_gives_the_eager_labels(exported, checkpoint, model, tmp_path, monkeypatch):
     folder, _ = exported
     _cache_with(folder, tmp_path, checkpoint)
@@ -267,6 +273,7 @@ def test_backend_gives_the_eager_labels(exported, checkpoint, model, tmp_path, m
         backend.encode(torch.zeros(1, 3, 32, 32))
 
 
+@pytest.mark.slow
 def test_backend_reexports_a_cache_of_an_older_export_format(exported, checkpoint, model, tmp_path, monkeypatch):
     folder, _ = exported
     entry = _cache_with(folder, tmp_path, checkpoint)
@@ -281,6 +288,7 @@ def test_backend_reexports_a_cache_of_an_older_export_format(exported, checkpoin
     assert len(calls) == 1 and read_manifest(entry)["export_format"] == EXPORT_FORMAT
 
 
+@pytest.mark.slow
 def test_backend_reexports_a_corrupt_cache(exported, checkpoint, model, tmp_path, monkeypatch):
     folder, _ = exported
     entry = _cache_with(folder, tmp_path, checkpoint)
@@ -326,6 +334,7 @@ def _one_sentence_error(status: int, stdout: str, stderr: str, *words: str) -> N
         assert word in stderr
 
 
+@pytest.mark.slow
 def test_cli_refuses_an_existing_folder(exported, checkpoint):
     folder, _ = exported
     before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}

@@ -1,6 +1,7 @@
 """Packaging checks: colcon build, package.xml, configuration files, launch files."""
 
 import ast
+import contextlib
 import importlib.util
 import os
 import random
@@ -19,8 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = 'sdcpc_ros'
 
 # What a colcon workspace needs from this repository (never .venv, build, ...).
-PACKAGE_FILES = ('package.xml', 'setup.py', 'setup.cfg', 'resource', 'launch', 'config',
-                 'sdcpc_core', 'sdcpc_ros')
+PACKAGE_FILES = ('package.xml', 'setup.py', 'setup.cfg', 'pyproject.toml', 'LICENSE', 'resource', 'launch',
+                 'config', 'sdcpc_core', 'sdcpc_ros')
 
 EXPECTED_CLASS_COUNTS = {'cityscapes': 19, 'camvid': 11, 'vspw': 124}
 
@@ -63,10 +64,8 @@ def _setup_kwargs():
                 if isinstance(kw.value, ast.Name) and kw.value.id in constants:
                     kwargs[kw.arg] = constants[kw.value.id]
                 else:
-                    try:
+                    with contextlib.suppress(ValueError):  # not a literal: not compared
                         kwargs[kw.arg] = ast.literal_eval(kw.value)
-                    except ValueError:
-                        pass
             return kwargs
     raise AssertionError('setup.py has no setup() call')
 
@@ -169,6 +168,8 @@ def _node_env(site_packages):
     return env
 
 
+@pytest.mark.slow
+@pytest.mark.ros
 def test_installed_segment_node_runs(colcon_install, tiny_temporal_model, tmp_path):
     """lib/sdcpc_ros/segment_node from the install tree: a clear error for an unknown model (exit
     status 2), and with a real checkpoint it segments an image published here, then stops on SIGINT."""
@@ -177,9 +178,9 @@ def test_installed_segment_node_runs(colcon_install, tiny_temporal_model, tmp_pa
     from rclpy.executors import SingleThreadedExecutor
     from sensor_msgs.msg import Image
 
-    from sdcpc_core.checkpoints import save_weights
+    from sdcpc_core.weights import save_weights
 
-    install, prefix, proc = colcon_install
+    _, prefix, proc = colcon_install
     assert proc.returncode == 0, f'colcon build failed:\n{proc.stdout[-20000:]}'
     executable = prefix / 'lib' / PACKAGE / 'segment_node'
     params_file = prefix / 'share' / PACKAGE / 'config' / 'segment.yaml'
@@ -304,6 +305,7 @@ def test_segment_params():
     assert set(params['dynamic_classes']) <= cityscapes
 
 
+@pytest.mark.ros
 def test_segment_params_are_the_node_defaults_and_commented():
     pytest.importorskip('rclpy', reason='rclpy (ROS 2) is not installed: pip install -e ".[ros]"')
     from sdcpc_ros.parameters import NodeConfig
@@ -349,6 +351,7 @@ def test_launch_file_compiles(name):
     compile(path.read_text(), str(path), 'exec')
 
 
+@pytest.mark.ros
 @pytest.mark.parametrize('name', sorted(LAUNCH_ARGUMENTS))
 def test_launch_description(name):
     missing = [m for m in ('launch', 'launch_ros') if not _is_installed_package(m)]

@@ -12,13 +12,15 @@ import torch
 
 pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed: pip install -e '.[ros]'")
 
-from sdcpc_core.checkpoints import save_weights  # noqa: E402
-from sdcpc_core.data.synthetic import SYNTHETIC_CLASSES  # noqa: E402
-from sdcpc_core.models import build_model  # noqa: E402
-from sdcpc_ros import demo  # noqa: E402
-from sdcpc_ros.bag.io import BagReader  # noqa: E402
-from sdcpc_ros.image_codec import image_to_array  # noqa: E402
-from sdcpc_ros.pipeline import stamp_to_ns  # noqa: E402
+from sdcpc_core.data.synthetic import SYNTHETIC_CLASSES
+from sdcpc_core.models import build_model
+from sdcpc_core.weights import save_weights
+from sdcpc_ros import demo
+from sdcpc_ros.bag.bagfiles import BagReader
+from sdcpc_ros.image_codec import image_to_array
+from sdcpc_ros.pipeline import stamp_to_ns
+
+pytestmark = pytest.mark.ros  # every test here needs ROS 2 (rclpy and the message packages)
 
 FRAMES = 20
 REPO = Path(__file__).resolve().parent.parent
@@ -46,6 +48,7 @@ def _stamps(path: Path, topic: str) -> list[int]:
         return [stamp_to_ns(reader.deserialize(m).header.stamp) for m in reader.messages([topic])]
 
 
+@pytest.mark.slow
 def test_demo_plays_into_the_node_and_scores_its_masks(tmp_path, checkpoint, demo_env, monkeypatch, capsys):
     nodes = []
 
@@ -97,9 +100,9 @@ def _wait_exit(process, timeout_s: float = 60.0) -> None:
 
 def test_node_process_reports_a_failed_start(tmp_path, demo_env):
     domain = random.SystemRandom().randint(1, 200)
-    with pytest.raises(demo.NodeExitedError, match="segment_node exited with status 2.*parameter 'model'"):
-        with demo.NodeProcess(tmp_path / "missing.safetensors", (64, 96), domain, tmp_path / "node.log") as node:
-            deadline = time.monotonic() + 60.0
-            while node.process.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.1)
-            node.check()
+    with pytest.raises(demo.NodeExitedError, match=r"segment_node exited with status 2.*parameter 'model'"), \
+            demo.NodeProcess(tmp_path / "missing.safetensors", (64, 96), domain, tmp_path / "node.log") as node:
+        deadline = time.monotonic() + 60.0
+        while node.process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        node.check()

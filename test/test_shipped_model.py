@@ -1,10 +1,11 @@
 """The shipped demo model (sdcpc_core/assets/sdcpc_b0_synthetic.safetensors): loadable by its short
 name, small, carrying its class list, and trained (it segments held-out synthetic frames)."""
 
-from sdcpc_core.checkpoints import read_class_list
 from sdcpc_core.data.synthetic import SYNTHETIC_CLASSES, SyntheticConfig, SyntheticDrive
 from sdcpc_core.eval.metrics import ConfusionMatrix
-from sdcpc_core.runtime.streaming import StreamingSegmenter, resolve_checkpoint, shipped_checkpoints
+from sdcpc_core.runtime.streaming import StreamingSegmenter
+from sdcpc_core.weights import read_class_list
+from sdcpc_core.weights.shipped import resolve_checkpoint, shipped_checkpoints
 
 NAME = 'sdcpc_b0_synthetic'
 

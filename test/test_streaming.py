@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sdcpc_core.checkpoints import save_weights
 from sdcpc_core.models import build_model
 from sdcpc_core.runtime import (
     ReferenceCache,
@@ -19,7 +18,9 @@ from sdcpc_core.runtime import (
     available_backends,
     create_backend,
 )
-from sdcpc_core.runtime.streaming import shipped_checkpoints, to_rgb
+from sdcpc_core.runtime.image import to_rgb
+from sdcpc_core.weights import save_weights
+from sdcpc_core.weights.shipped import shipped_checkpoints
 
 NET = (64, 96)  # network input (height, width)
 CAMERA = (96, 128)  # letterboxed into NET: image area 64 x 85, 11 padded columns
@@ -238,7 +239,7 @@ def test_output_resolutions(model):
     up = F.interpolate(logits, size=NET, mode="bilinear", align_corners=False)[0]
     np.testing.assert_array_equal(r_bil.labels, up.argmax(0).numpy())
     np.testing.assert_allclose(r_bil.confidence, up.softmax(0).amax(0).numpy(), rtol=1e-4, atol=1e-5)
-    assert 0.0 < r_bil.confidence.min() and r_bil.confidence.max() <= 1.0
+    assert r_bil.confidence.min() > 0.0 and r_bil.confidence.max() <= 1.0
     assert r_cam.references == [0, 0, 0]
     assert set(r_cam.timings_ms) == {"preprocess", "encode", "temporal", "postprocess", "total"}
 
@@ -339,7 +340,7 @@ def test_from_checkpoint(tmp_path, model):
         StreamingSegmenter.from_checkpoint(tmp_path / "missing.safetensors")
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="corrupt.safetensors"):
+    with pytest.raises(ValueError, match=r"corrupt\.safetensors"):
         StreamingSegmenter.from_checkpoint(corrupt)
 
 

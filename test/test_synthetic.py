@@ -7,11 +7,17 @@ import pytest
 
 pytest.importorskip("cv2")
 
-from sdcpc_core.classes import ClassList  # noqa: E402
-from sdcpc_core.data.datasets import VSPWDataset  # noqa: E402
-from sdcpc_core.data.synthetic import (  # noqa: E402
-    CORRUPTIONS, SYNTHETIC_CLASSES, SyntheticConfig, SyntheticDrive, video_name, write_vspw)
-from sdcpc_core.tools import synth  # noqa: E402
+from sdcpc_core.classes import ClassList
+from sdcpc_core.data.datasets import VSPWDataset
+from sdcpc_core.data.synthetic import (
+    CORRUPTIONS,
+    SYNTHETIC_CLASSES,
+    SyntheticConfig,
+    SyntheticDrive,
+    video_name,
+    write_vspw,
+)
+from sdcpc_core.tools import synth
 
 H, W = 64, 128
 CLEAN = dict(p_noise=0.0, p_blur=0.0, p_flicker=0.0, p_occlusion=0.0, p_drop=0.0)
@@ -52,7 +58,7 @@ def test_shapes_dtypes_and_stamps():
     assert frame.image.shape == (H, W, 3) and frame.image.dtype == np.uint8
     assert frame.labels.shape == (H, W) and frame.labels.dtype == np.uint8
     assert frame.index == 4 and isinstance(frame.stamp_ns, int) and frame.stamp_ns == 200_000_000
-    with pytest.raises(IndexError, match="0..19"):
+    with pytest.raises(IndexError, match=r"0\.\.19"):
         drive.frame(20)
     with pytest.raises(ValueError, match="seed"):
         SyntheticDrive(tiny(), seed=-1)
@@ -180,9 +186,9 @@ def test_config_from_dict_and_yaml(tmp_path):
     path.write_text("num_frames: 12\nocclusion_frames: [2, 3]\n")
     assert SyntheticConfig.from_yaml(path) == SyntheticConfig(num_frames=12, occlusion_frames=(2, 3))
     path.write_text("num_frames: -1\n")
-    with pytest.raises(ValueError, match="synth.yaml: SyntheticConfig.num_frames"):
+    with pytest.raises(ValueError, match=r"synth\.yaml: SyntheticConfig\.num_frames"):
         SyntheticConfig.from_yaml(path)
-    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+    with pytest.raises(FileNotFoundError, match=r"missing\.yaml"):
         SyntheticConfig.from_yaml(tmp_path / "missing.yaml")
 
 
@@ -225,6 +231,34 @@ def test_write_vspw_rejects_bad_requests(tmp_path):
             write_vspw(tmp_path / "out", videos=videos, config=tiny(), progress=False)
     with pytest.raises(ValueError, match="jpeg_quality"):
         write_vspw(tmp_path / "out", videos={"train": [1]}, config=tiny(), progress=False, jpeg_quality=0)
+
+
+def test_only_the_writer_workers_tune_the_allocator(monkeypatch):
+    """glibc's heap padding (mallopt) holds for the whole process: a drive never sets it, the workers of
+    write_vspw do (their initialiser)."""
+    import ctypes
+
+    import cv2
+
+    from sdcpc_core.data.synthetic import drive as drive_module
+    from sdcpc_core.data.synthetic import vspw
+
+    calls = []
+
+    class Libc:
+        def mallopt(self, parameter, value):
+            calls.append((parameter, value))
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: Libc())
+    monkeypatch.setattr(drive_module, "_heap_tuned", False)
+    SyntheticDrive(tiny(num_frames=2), seed=1).frame(0)
+    assert calls == []
+    threads = cv2.getNumThreads()
+    try:
+        vspw._worker_setup()
+    finally:
+        cv2.setNumThreads(threads)
+    assert calls == [(-2, 64 << 20)]  # M_TOP_PAD, once
 
 
 # ---------------------------------------------------------------------------------------------- CLI

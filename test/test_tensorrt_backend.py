@@ -102,6 +102,7 @@ def model(tiny_temporal_model):
     return tiny_temporal_model
 
 
+@pytest.mark.slow
 def test_backend_with_fake_engines_caches_and_rebuilds(model, tmp_path):
     fake = FakeEngines()
 
@@ -166,6 +167,7 @@ def _require_tensorrt() -> None:
         pytest.skip("no CUDA device")
 
 
+@pytest.mark.gpu
 def test_real_tensorrt_fp16_matches_eager_and_caches(model, tmp_path):
     _require_tensorrt()
     import copy

@@ -56,7 +56,7 @@ def test_eager_backend_matches_the_model():
         clip = model.forward_clip(torch.stack(images, dim=1))
     backend = create_backend("eager", copy.deepcopy(model), SIZE)
     assert isinstance(backend, EagerBackend) and backend.name == "eager"
-    caches, logits = _stream(backend, images)
+    _, logits = _stream(backend, images)
     assert torch.equal(logits, clip.temporal_logits)
     assert logits.dtype == torch.float32 and not logits.requires_grad
 
@@ -79,13 +79,14 @@ def _check_compile_matches_eager(compiler: str) -> None:
     print(f"eager + {compiler} compile of both programs: {time.perf_counter() - start:.1f} s")
     for name in ("features", "kv", "coarse", "probs", "logits"):
         torch.testing.assert_close(getattr(compiled_caches[-1], name), getattr(eager_caches[-1], name),
-                                   atol=1e-4, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+                                   atol=1e-4, rtol=1e-4, msg=lambda m, name=name: f"{name}: {m}")
     torch.testing.assert_close(compiled_logits, eager_logits, atol=1e-4, rtol=1e-4)
     # another frame reuses the compiled programs (same static shapes): the same answer again
     again = compiled.temporal(compiled.encode(images[-1]), [c.without_logits() for c in compiled_caches[:-1]])
     torch.testing.assert_close(again, eager_logits, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_compile_graphs_match_eager():
     """The compile back end's wiring with graph capture only (dynamo + AOT, no kernel generation): fast."""
     _check_compile_matches_eager("aot_eager")
@@ -96,6 +97,8 @@ SLOW_REASON = ("inductor's first compilation takes minutes on a small CPU (about
                "then cached on disk); set SDCPC_SLOW_TESTS=1 to run it")
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
 @pytest.mark.skipif(not SLOW, reason=SLOW_REASON)
 def test_compile_inductor_matches_eager():
     """The default compiler (inductor kernels) agrees with eager within 1e-4."""

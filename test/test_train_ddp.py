@@ -28,8 +28,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from test_train import TINY_MODEL, tiny_config, write_tree
+
 from sdcpc_core.train.logs import read_log
 from sdcpc_core.train.trainer import DistEnv, SetupError, Trainer
 
@@ -73,6 +73,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_give_the_gradients_of_one_process(tmp_path):
     root = write_tree(tmp_path / "tree")
     result = tmp_path / "ddp.pt"
@@ -103,10 +104,11 @@ def test_two_gloo_processes_give_the_gradients_of_one_process(tmp_path):
 def test_sync_batchnorm_is_refused_on_the_cpu(tmp_path):
     root = write_tree(tmp_path / "tree", frames=4)
     config = tiny_config(root, tmp_path / "run", runtime={"sync_bn": True, "device": "cpu"})
-    with pytest.raises(SetupError, match="runtime.sync_bn needs CUDA devices"):
+    with pytest.raises(SetupError, match=r"runtime\.sync_bn needs CUDA devices"):
         Trainer(config, env=DistEnv(rank=0, world_size=2, local_rank=0))
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_train_and_rank_0_writes(tmp_path):
     root = write_tree(tmp_path / "tree")
     config = tmp_path / "tiny.yaml"

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sdcpc_core.ops import window_attention
 from sdcpc_core.ops.dispatch import eager_cpu_inference
+from sdcpc_core.ops.window_attention import window_attention
 
 
 def _inputs(B, R, h, d, H, W, dtype=torch.float64, seed=0, requires_grad=False):
@@ -30,7 +30,7 @@ def dense_oracle(q, k, v, window, dilation=1, scale=None, outside="exclude"):
     taps that fall outside the image take part as zero keys/values: the
     behaviour the op must NOT have.
     """
-    B, R, h, d, H, W = k.shape
+    _, R, _, d, H, W = k.shape
     scale = d ** -0.5 if scale is None else scale
     r = (window // 2) * dilation
     p = r if outside == "zeros" else 0
@@ -91,7 +91,7 @@ def test_inplace_and_plain_paths_agree(B, R, h, d, H, W, window, dilation):
 def test_tiled_formulation_matches_dense_oracle(B, R, h, d, H, W, window, dilation, tile):
     """The exported graphs' formulation: dense attention in tiles, masked to the window (any tile size,
     tiles overhanging the image, windows larger than the image)."""
-    from sdcpc_core.ops.window_attention import _attend_by_tiles
+    from sdcpc_core.ops.window_attention.tiled import _attend_by_tiles
 
     q, k, v = _inputs(B, R, h, d, H, W)
     out = _attend_by_tiles(q, k, v, window, dilation, d ** -0.5, tile)

@@ -14,14 +14,20 @@ import pytest
 import torch
 
 import sdcpc_core.ops as ops
-from sdcpc_core.ops import window_attention_op as op_module
-from sdcpc_core.ops.window_attention import window_attention as reference
+import sdcpc_core.ops.window_attention as dispatch
+from sdcpc_core.ops.window_attention import triton as op_module
+from sdcpc_core.runtime.tensorrt_plugin import register_tensorrt_plugin
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OP = torch.ops.sdcpc.window_attention.default
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 HAS_CUDA = torch.cuda.is_available()
 NO_TRITON_REASON = "triton is not installed: the Triton kernel tests need it"
+
+
+def reference(q, k, v, window, dilation=1, scale=None):
+    """The dispatcher without the custom op: what the model runs with the fused switch off."""
+    return dispatch.window_attention(q, k, v, window, dilation, scale, allow_fused=False)
 
 
 def _inputs(B, R, h, d, H, W, dtype=torch.float64, seed=0, requires_grad=False, device="cpu"):
@@ -40,13 +46,13 @@ class _Model(torch.nn.Module):
     """Calls the public dispatcher, as the model does."""
 
     def forward(self, q, k, v):
-        return ops.window_attention(q, k, v, 3, 2)
+        return dispatch.window_attention(q, k, v, 3, 2)
 
 
 @pytest.fixture
 def fused_on_cpu(monkeypatch):
     """Lets the switch route CPU tensors to the custom op (as it does CUDA tensors)."""
-    monkeypatch.setattr(op_module, "_FUSED_DEVICE_TYPES", ("cpu", "cuda"))
+    monkeypatch.setattr(dispatch, "_routes_to_custom_op", lambda device: device.type in ("cpu", "cuda"))
     yield
 
 
@@ -84,6 +90,7 @@ def test_gradients_equal_reference():
         torch.testing.assert_close(g_got, g_want, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_opcheck():
     q, k, v = _inputs(1, 2, 1, 2, 3, 4, dtype=torch.float32, requires_grad=True)
     result = torch.library.opcheck(OP, (q, k, v, 3, 2, 0.6))
@@ -92,9 +99,9 @@ def test_opcheck():
 
 def test_bad_inputs_raise_through_op():
     q, k, v = _inputs(1, 1, 2, 4, 5, 6, dtype=torch.float32)
-    with pytest.raises(ValueError, match="^window must"):
+    with pytest.raises(ValueError, match=r"^window must"):
         OP(q, k, v, 4, 1, 0.5)
-    with pytest.raises(ValueError, match="^k and v must have shape"):
+    with pytest.raises(ValueError, match=r"^k and v must have shape"):
         OP(q, k[..., :-1], v[..., :-1], 3, 1, 0.5)
 
 
@@ -134,7 +141,7 @@ def test_torch_export_keeps_the_op():
 def test_switch_is_off_by_default_and_default_path_is_the_reference():
     assert ops.fused_window_attention_enabled() is False
     q, k, v = _inputs(1, 3, 2, 4, 6, 9, dtype=torch.float32)
-    assert torch.equal(ops.window_attention(q, k, v, 5, 2), reference(q, k, v, 5, 2))
+    assert torch.equal(dispatch.window_attention(q, k, v, 5, 2), reference(q, k, v, 5, 2))
     program = torch.export.export(_Model(), (q, k, v), strict=True)
     targets = _call_targets(program)
     assert not any("sdcpc" in target for target in targets)
@@ -159,17 +166,17 @@ def test_switch_on_keeps_cpu_tensors_on_the_reference():
 def test_switch_routes_to_the_custom_op(fused_on_cpu, monkeypatch):
     q, k, v = _inputs(1, 3, 2, 4, 6, 9, dtype=torch.float32)
     calls = []
-    original = op_module.fused_window_attention
+    original = dispatch.fused_window_attention
 
     def counting(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(op_module, "fused_window_attention", counting)
+    monkeypatch.setattr(dispatch, "fused_window_attention", counting)
     previous = ops.use_fused_window_attention(True)  # plain call: stays on
     try:
         assert previous.previous is False and ops.fused_window_attention_enabled()
-        torch.testing.assert_close(ops.window_attention(q, k, v, 3, 2), reference(q, k, v, 3, 2))
+        torch.testing.assert_close(dispatch.window_attention(q, k, v, 3, 2), reference(q, k, v, 3, 2))
         assert len(calls) == 1
         for strict in (True, False):
             program = torch.export.export(_Model(), (q, k, v), strict=strict)
@@ -178,14 +185,14 @@ def test_switch_routes_to_the_custom_op(fused_on_cpu, monkeypatch):
         ops.use_fused_window_attention(False)
     assert not ops.fused_window_attention_enabled()
     before = len(calls)
-    ops.window_attention(q, k, v, 3, 2)
+    dispatch.window_attention(q, k, v, 3, 2)
     assert len(calls) == before  # switched off: the reference again
 
 
 def test_onnx_export_runs_the_reference(fused_on_cpu, monkeypatch):
     pytest.importorskip("onnxscript", reason="onnxscript is needed by the ONNX dynamo exporter")
     q, k, v = _inputs(1, 2, 1, 4, 5, 6, dtype=torch.float32)
-    monkeypatch.setattr(op_module, "fused_window_attention",
+    monkeypatch.setattr(dispatch, "fused_window_attention",
                         lambda *a, **kw: pytest.fail("custom op called during ONNX export"))
     with ops.use_fused_window_attention(True):
         onnx_program = torch.onnx.export(_Model(), (q, k, v), f=None, dynamo=True, opset_version=18,
@@ -195,7 +202,7 @@ def test_onnx_export_runs_the_reference(fused_on_cpu, monkeypatch):
 
 
 def test_register_tensorrt_plugin_reports_a_reason():
-    result = ops.register_tensorrt_plugin()
+    result = register_tensorrt_plugin()
     assert isinstance(result.reason, str) and result.reason
     if importlib.util.find_spec("torch_tensorrt") is None:
         assert not result and "torch_tensorrt" in result.reason
@@ -207,8 +214,8 @@ _INTERPRETER_SCRIPT = textwrap.dedent(
     import json, os
     assert os.environ["TRITON_INTERPRET"] == "1"
     import torch
-    from sdcpc_core.ops.window_attention_op import _triton_forward
     from sdcpc_core.ops.window_attention import window_attention as reference
+    from sdcpc_core.ops.window_attention.triton import _triton_forward
 
     results = []
     # B, R, h, d, H, W, window, dilation, non-contiguous k / v
@@ -252,6 +259,7 @@ cuda_triton = pytest.mark.skipif(
 )
 
 
+@pytest.mark.gpu
 @cuda_triton
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.float16, 2e-3), (torch.bfloat16, 1.6e-2)])
 @pytest.mark.parametrize("shape,window,dilation", [((1, 3, 4, 16, 60, 107), 7, 1), ((2, 1, 8, 32, 13, 17), 5, 2),
@@ -265,9 +273,10 @@ def test_cuda_kernel_matches_reference(shape, window, dilation, dtype, tol):
     torch.testing.assert_close(out.float(), want, atol=tol, rtol=tol)
     torch.testing.assert_close(out, reference(q, k, v, window, dilation), atol=tol, rtol=tol)
     with ops.use_fused_window_attention(True):
-        torch.testing.assert_close(ops.window_attention(q, k, v, window, dilation), out, atol=0, rtol=0)
+        torch.testing.assert_close(dispatch.window_attention(q, k, v, window, dilation), out, atol=0, rtol=0)
 
 
+@pytest.mark.gpu
 @cuda_triton
 def test_cuda_non_contiguous_and_backward():
     q, kv, _ = _inputs(1, 3, 2, 8, 9, 10, dtype=torch.float32, device="cuda")
@@ -275,7 +284,7 @@ def test_cuda_non_contiguous_and_backward():
     q.requires_grad_(True)
     k, v = kv[:, :, 0], kv[:, :, 1]
     with ops.use_fused_window_attention(True):
-        out = ops.window_attention(q, k, v, 5, 2)
+        out = dispatch.window_attention(q, k, v, 5, 2)
     want = reference(q, k, v, 5, 2)
     torch.testing.assert_close(out, want, atol=1e-4, rtol=1e-4)
     grads = torch.autograd.grad(out.square().sum(), (q, kv))
@@ -284,6 +293,7 @@ def test_cuda_non_contiguous_and_backward():
         torch.testing.assert_close(got, expected, atol=1e-3, rtol=1e-3)
 
 
+@pytest.mark.gpu
 @cuda_triton
 def test_cuda_export_sees_the_op_with_the_switch_on():
     q, k, v = _inputs(1, 3, 2, 4, 6, 9, dtype=torch.float16, device="cuda")

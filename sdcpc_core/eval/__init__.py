@@ -4,10 +4,10 @@
 the metrics and the report writer stay importable with numpy alone.
 """
 
-from .metrics import VC_MODES, ConfusionMatrix, video_consistency
+from .metrics import VC_MODES, ConfusionMatrix, consistency_scores, video_consistency
 from .report import EvaluationReport, overlay, write_report
 
-__all__ = ['ConfusionMatrix', 'video_consistency', 'VC_MODES', 'EvaluationReport', 'write_report', 'overlay',
+__all__ = ['ConfusionMatrix', 'video_consistency', 'consistency_scores', 'VC_MODES', 'EvaluationReport', 'write_report', 'overlay',
            'evaluate']
 
 

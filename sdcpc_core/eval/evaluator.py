@@ -18,11 +18,16 @@ that resolution, then argmax, with the geometry of ``StreamingSegmenter``'s came
 ``upsample_logits=True`` (logit cell ``j`` covers input pixels ``4j .. 4j+3``), so the two modes
 give the same predictions for the same model.
 
+``smoothing`` (``"ema:0.5"``, ``"window"``, ...; ``sdcpc_core.eval.smoothing``) smooths the model's
+probabilities over each video in streaming order, the training-free baselines; it needs
+``mode="streaming"`` (the segmenter does it, see ``StreamingSegmenter``).
+
 Scores: one confusion matrix over all scored frames (mIoU, per-class IoU), per-frame accuracy and
 mIoU, the agreement of each frame with the previous scored frame of its video (``consistency``:
-``video_consistency`` over that pair, corrected mode), and mVC8 / mVC16 over the scored frames of
-each video in the requested ``consistency_mode``. Predictions and labels of a finished video are
-kept zlib-compressed for mVC, so memory stays small on long validation sets.
+``video_consistency`` over that pair, corrected mode), and mVC8 / mVC16 with their correct-only
+variants mVC8_correct / mVC16_correct (``consistency_scores``) over the scored frames of each video
+in the requested ``consistency_mode``. Predictions and labels of a finished video are kept
+zlib-compressed for mVC, so memory stays small on long validation sets.
 """
 from __future__ import annotations
 
@@ -30,7 +35,7 @@ import copy
 import math
 import time
 import zlib
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -41,8 +46,9 @@ from ..data.datasets import IGNORE
 from ..data.transforms import ClipEvalTransform
 from ..models.layers import ceil_div
 from ..models.sdcpc import SDCPC
-from .metrics import VC_MODES, ConfusionMatrix, video_consistency
-from .report import EvaluationReport, overlay
+from .metrics import VC_MODES, ConfusionMatrix, consistency_scores, video_consistency
+from .report import EvaluationReport, OverlayFrame
+from .smoothing import parse_smoothing
 
 __all__ = ["evaluate", "EVAL_MODES", "CONSISTENCY_WINDOWS", "Scorer"]
 
@@ -106,7 +112,7 @@ class Scorer:
         self.consistency_mode = consistency_mode
         self.confusion = ConfusionMatrix(len(classes), IGNORE)
         self.frames: list[dict] = []
-        self.overlays: list[np.ndarray] = []
+        self.overlays: list[OverlayFrame] = []
         self.overlay_slots = overlay_slots
         self.on_frame = on_frame
         self.gt_videos, self.pred_videos = _PackedVideos(), _PackedVideos()
@@ -127,8 +133,7 @@ class Scorer:
                   "accuracy": frame_confusion.pixel_accuracy(), "miou": frame_confusion.miou(),
                   "consistency": consistency}
         if len(self.frames) in self.overlay_slots:
-            self.overlays.append(np.concatenate([overlay(image, label, self.classes),
-                                                 overlay(image, pred, self.classes)], axis=1))
+            self.overlays.append(OverlayFrame.create(image, label, pred, f"{video} frame {index}"))
         self.frames.append(record)
         self._video_gt.append(label)
         self._video_pred.append(pred)
@@ -142,8 +147,8 @@ class Scorer:
         self._video_gt, self._video_pred = [], []
 
     def video_consistency(self) -> dict[str, float]:
-        return {f"mVC{n}": _consistency(self.gt_videos, self.pred_videos, n, self.consistency_mode)
-                for n in CONSISTENCY_WINDOWS}
+        """``mVC8``, ``mVC16``, ``mVC8_correct``, ``mVC16_correct`` (fractions; NaN where no window fits)."""
+        return consistency_scores(self.gt_videos, self.pred_videos, CONSISTENCY_WINDOWS, self.consistency_mode, IGNORE)
 
 
 def _sync(device: torch.device) -> None:
@@ -175,7 +180,8 @@ def _run_clips(model: SDCPC, dataset, videos: Sequence[int], transform: ClipEval
 
 
 def _run_streaming(model: SDCPC, dataset, videos: Sequence[int], transform: ClipEvalTransform,
-                   device: torch.device, scorer: Scorer, latency: dict[str, list[float]], progress) -> int:
+                   device: torch.device, scorer: Scorer, latency: dict[str, list[float]], progress,
+                   smoothing: str = "none") -> int:
     """Streaming mode; returns the number of frames fed to the segmenter."""
     from ..runtime.streaming import StreamingSegmenter
 
@@ -194,7 +200,8 @@ def _run_streaming(model: SDCPC, dataset, videos: Sequence[int], transform: Clip
             if segmenter is None:
                 area = transform([image])["valid_hw"]
                 segmenter = StreamingSegmenter(model, backend="eager", device=device, input_size=area,
-                                               reference_offsets=tuple(dataset.offsets), upsample_logits=True)
+                                               reference_offsets=tuple(dataset.offsets), upsample_logits=True,
+                                               smoothing=smoothing)
             stamp = index * segmenter.cache.period_ns
             result = segmenter.step(image, stamp)
             for stage, ms in result.timings_ms.items():
@@ -213,8 +220,8 @@ def _run_streaming(model: SDCPC, dataset, videos: Sequence[int], transform: Clip
 
 def evaluate(model: SDCPC, dataset, classes: ClassList, *, mode: str = "clip", consistency_mode: str = "vspw",
              short_side: int = 480, device: str | torch.device = "cpu", max_videos: int | None = None,
-             progress: bool = True, num_overlays: int = 0, on_frame: FrameCallback | None = None
-             ) -> EvaluationReport:
+             progress: bool = True, num_overlays: int = 0, on_frame: FrameCallback | None = None,
+             smoothing: str | None = None) -> EvaluationReport:
     """Evaluates ``model`` on the labelled frames of ``dataset`` (a ``sdcpc_core.data.datasets`` reader).
 
     Args:
@@ -229,9 +236,12 @@ def evaluate(model: SDCPC, dataset, classes: ClassList, *, mode: str = "clip", c
         device: where the model runs.
         max_videos: evaluate only the first ``max_videos`` videos (None: all).
         progress: show a tqdm progress bar (one step per frame processed).
-        num_overlays: number of scored frames, spread evenly, drawn as ground truth | prediction
-            overlays into ``report.overlays``.
+        num_overlays: number of scored frames, spread evenly, kept as ``OverlayFrame`` s (ground truth |
+            prediction | errors) in ``report.overlays``.
         on_frame: called for each scored frame with its record, label and prediction (``(H, W)``).
+        smoothing: temporal smoothing of the probabilities (``"ema:A"``, ``"window"``, ``"window:9,6,3"``;
+            None or ``"none"``: off); ``window`` alone takes the data set's reference offsets. Streaming
+            mode only.
 
     Returns:
         An ``EvaluationReport`` titled ``"<backbone> on <dataset> <split> (<mode>)"``; its ``info``
@@ -249,6 +259,10 @@ def evaluate(model: SDCPC, dataset, classes: ClassList, *, mode: str = "clip", c
         raise ValueError(f"num_overlays must be an integer >= 0, got {num_overlays!r}")
     if model.num_classes != len(classes):
         raise ValueError(f"the model predicts {model.num_classes} classes but the class list has {len(classes)}")
+    smoother = parse_smoothing(smoothing, tuple(getattr(dataset, "offsets", ())) or (9, 6, 3))
+    if smoother is not None and mode != "streaming":
+        raise ValueError(f"smoothing {smoothing!r} runs over the frames of a video in order: it needs "
+                         "mode='streaming', got mode='clip'")
     from tqdm.auto import tqdm
 
     device = torch.device(device)
@@ -267,9 +281,12 @@ def evaluate(model: SDCPC, dataset, classes: ClassList, *, mode: str = "clip", c
     bar = tqdm(total=steps, desc=f"evaluate ({mode})", unit="frame", disable=not progress, leave=False)
     try:
         model.to(device).eval()
-        run = _run_clips if mode == "clip" else _run_streaming
         with torch.no_grad():
-            processed = run(model, dataset, videos, transform, device, scorer, latency, bar)
+            if mode == "clip":
+                processed = _run_clips(model, dataset, videos, transform, device, scorer, latency, bar)
+            else:
+                processed = _run_streaming(model, dataset, videos, transform, device, scorer, latency, bar,
+                                           smoother.spec if smoother is not None else "none")
     finally:
         bar.close()
         model.to(home).train(was_training)
@@ -285,10 +302,13 @@ def evaluate(model: SDCPC, dataset, classes: ClassList, *, mode: str = "clip", c
         "input": f"short side {int(short_side)}, padded to a multiple of 32",
         "frames_scored": len(scorer.frames), "frames_processed": processed, "device": str(device),
         "seconds": round(seconds, 2), "frames_per_second": round(processed / seconds, 2) if seconds > 0 else None,
+        "smoothing": smoother.spec if smoother is not None else "none",
     }
     if scorer.overlays:
-        info["overlays"] = f"{len(scorer.overlays)} frames, ground truth left, prediction right"
+        info["overlays"] = f"{len(scorer.overlays)} frames: ground truth | prediction | errors"
+    smoothed = f" + {smoother.spec}" if smoother is not None else ""
     return EvaluationReport(
-        title=f"{model.config.backbone} on {info['dataset']} ({mode})", classes=classes, confusion=scorer.confusion,
+        title=f"{model.config.backbone}{smoothed} on {info['dataset']} ({mode})", classes=classes,
+        confusion=scorer.confusion,
         consistency=scorer.video_consistency(), consistency_mode=consistency_mode, frames=scorer.frames,
         latency_ms=latency, info=info, overlays=scorer.overlays)

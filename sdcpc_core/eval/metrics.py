@@ -8,17 +8,22 @@ Both follow the VSPW definitions (spec section 4):
 * **mVC_n**: the fraction of the pixels whose ground truth stays constant over a window of ``n``
   consecutive frames whose prediction stays constant as well, averaged over all windows of all
   videos. Two modes, see :func:`video_consistency`.
+* **mVC_n correct** (``mVC8_correct``; ``video_consistency(..., correct=True)``): the same windows and
+  denominators, but a pixel counts only when its prediction is *correct* in all ``n`` frames (hence
+  also stable). mVC rewards a prediction that stays the same whether or not it is right (a model
+  that always says "road" scores 100); this one rewards only stability that is right, so it is
+  ``<= mVC_n`` window by window and, unlike mVC, cannot be raised by smoothing wrong answers.
 
 Arrays are numpy or torch integer arrays; torch tensors are moved to the CPU.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ['ConfusionMatrix', 'video_consistency', 'VC_MODES']
+__all__ = ['ConfusionMatrix', 'video_consistency', 'consistency_scores', 'VC_MODES']
 
 VC_MODES = ('vspw', 'corrected')
 
@@ -87,7 +92,7 @@ class ConfusionMatrix:
         counts = np.bincount(gt * k + pred, minlength=k * k)
         self.matrix += counts.reshape(k, k)
 
-    def merge(self, other: 'ConfusionMatrix | np.ndarray') -> 'ConfusionMatrix':
+    def merge(self, other: ConfusionMatrix | np.ndarray) -> ConfusionMatrix:
         """Adds another matrix (a ``ConfusionMatrix`` or a ``(K, K)`` array, e.g. after an
         all-reduce across processes) into this one; returns ``self``."""
         m = other.matrix if isinstance(other, ConfusionMatrix) else _to_numpy(other)
@@ -128,27 +133,30 @@ class ConfusionMatrix:
 
 
 def _window_ratios(gt: np.ndarray, pred: np.ndarray, n: int, starts: range,
-                   mask_ignore: bool, ignore_index: int) -> list[float]:
-    """Per-window consistency ratios for one video; windows with an empty denominator are left
-    out (the public script yields NaN there and drops it with ``nanmean``)."""
+                   mask_ignore: bool, ignore_index: int) -> list[tuple[float, float]]:
+    """Per-window ``(stable, correct)`` ratios for one video; windows with an empty denominator are
+    left out (the public script yields NaN there and drops it with ``nanmean``)."""
     out = []
     for i in starts:
         g = gt[i:i + n]
         p = pred[i:i + n]
         gt_const = np.all(g == g[0], axis=0)
-        pred_const = np.all(p == p[0], axis=0)
         if mask_ignore:
             gt_const &= ~np.any(g == ignore_index, axis=0)
         den = int(gt_const.sum())
         if den == 0:
             continue
-        out.append(float((gt_const & pred_const).sum()) / den)
+        pred_const = np.all(p == p[0], axis=0)
+        # ground truth constant and prediction equal to it in every frame: correct and stable. An ignore
+        # pixel (kept in the vspw mode) has no class to be right about, so it never counts as correct.
+        correct = gt_const & np.all(p == g, axis=0) & (g[0] != ignore_index)
+        out.append((float((gt_const & pred_const).sum()) / den, float(correct.sum()) / den))
     return out
 
 
 def video_consistency(gt_videos: Sequence, pred_videos: Sequence, n: int = 8,
-                      mode: str = 'vspw', ignore_index: int = 255) -> float:
-    """Video consistency mVC_n in [0, 1].
+                      mode: str = 'vspw', ignore_index: int = 255, correct: bool = False) -> float:
+    """Video consistency mVC_n in [0, 1] (with ``correct=True``: mVC_n correct, see below).
 
     Args:
         gt_videos, pred_videos: lists of videos, each a ``(T, H, W)`` integer array (numpy or
@@ -182,17 +190,57 @@ def video_consistency(gt_videos: Sequence, pred_videos: Sequence, n: int = 8,
     excluded from the denominator (and hence the numerator); every window is used
     (``range(L - n + 1)``); no length cut (a video with ``L >= n`` frames contributes).
 
+    ``correct=True`` gives **mVC_n correct**: the same windows, videos and denominators as mVC_n in
+    that mode, but the numerator holds only the pixels whose prediction equals the ground truth in
+    all ``n`` frames, i.e. the share of ground-truth-stable pixels whose prediction is correct and
+    stable over the window. Window by window it is ``<= mVC_n`` and ``<=`` the window's pixel
+    accuracy over those pixels; only stability that is right counts. In the ``vspw`` mode an ignore
+    pixel that stays ignore is in the denominator (as for mVC) and never in the numerator, since it
+    has no class to be right about; the ``corrected`` mode leaves such pixels out altogether.
+
     Raises:
         ValueError: unknown mode, mismatched inputs, or no window at all in any video.
     """
+    ratios, lengths = _all_window_ratios(gt_videos, pred_videos, (n,), mode, ignore_index)
+    if not ratios[int(n)]:
+        cut = (f'more than {_VSPW_MIN_FRAMES_EXCLUSIVE} frames and more than {n}'
+               if mode == 'vspw' else f'at least {n}')
+        raise ValueError(
+            f'video consistency (mode {mode!r}, n={n}) has no window to evaluate: it needs videos '
+            f'with {cut} frames and some pixel with constant ground truth; got video lengths '
+            f'{lengths[:10]}{"..." if len(lengths) > 10 else ""}')
+    return float(np.mean([pair[int(bool(correct))] for pair in ratios[int(n)]]))
+
+
+def consistency_scores(gt_videos: Sequence, pred_videos: Sequence, windows: Sequence[int] = (8, 16),
+                       mode: str = 'vspw', ignore_index: int = 255) -> dict[str, float]:
+    """``{"mVC8": .., "mVC16": .., "mVC8_correct": .., "mVC16_correct": ..}`` (for ``windows=(8, 16)``)
+    in [0, 1], NaN where no window fits; each video is read once (see :func:`video_consistency`).
+
+    Inputs and errors as :func:`video_consistency`, except that a window length without any window
+    gives NaN instead of raising.
+    """
+    ratios, _ = _all_window_ratios(gt_videos, pred_videos, windows, mode, ignore_index)
+    scores = {}
+    for suffix, k in (('', 0), ('_correct', 1)):
+        for n in windows:
+            values = [pair[k] for pair in ratios[int(n)]]
+            scores[f'mVC{int(n)}{suffix}'] = float(np.mean(values)) if values else float('nan')
+    return scores
+
+
+def _all_window_ratios(gt_videos: Sequence, pred_videos: Sequence, windows: Sequence[int], mode: str,
+                       ignore_index: int) -> tuple[dict[int, list[tuple[float, float]]], list[int]]:
+    """Per window length, the ``(stable, correct)`` ratios of all windows of all videos; the video lengths."""
     if mode not in VC_MODES:
         raise ValueError(f'unknown video consistency mode {mode!r}; expected one of {VC_MODES}')
-    n = int(n)
-    if n < 2:
-        raise ValueError(f'window length n must be >= 2, got {n}')
+    windows = [int(n) for n in windows]
+    for n in windows:
+        if n < 2:
+            raise ValueError(f'window length n must be >= 2, got {n}')
     if len(gt_videos) != len(pred_videos):
         raise ValueError(f'got {len(gt_videos)} ground-truth videos but {len(pred_videos)} predicted ones')
-    ratios: list[float] = []
+    ratios: dict[int, list[tuple[float, float]]] = {n: [] for n in windows}
     lengths = []
     for idx, (g, p) in enumerate(zip(gt_videos, pred_videos)):
         g = _to_numpy(g)
@@ -203,18 +251,9 @@ def video_consistency(gt_videos: Sequence, pred_videos: Sequence, n: int = 8,
                 f'shape, got {g.shape} and {p.shape}')
         length = g.shape[0]
         lengths.append(length)
-        if mode == 'vspw':
-            if length <= _VSPW_MIN_FRAMES_EXCLUSIVE:
-                continue
-            starts = range(length - n)
-        else:
-            starts = range(length - n + 1)
-        ratios.extend(_window_ratios(g, p, n, starts, mode == 'corrected', ignore_index))
-    if not ratios:
-        cut = (f'more than {_VSPW_MIN_FRAMES_EXCLUSIVE} frames and more than {n}'
-               if mode == 'vspw' else f'at least {n}')
-        raise ValueError(
-            f'video consistency (mode {mode!r}, n={n}) has no window to evaluate: it needs videos '
-            f'with {cut} frames and some pixel with constant ground truth; got video lengths '
-            f'{lengths[:10]}{"..." if len(lengths) > 10 else ""}')
-    return float(np.mean(ratios))
+        if mode == 'vspw' and length <= _VSPW_MIN_FRAMES_EXCLUSIVE:
+            continue
+        for n in windows:
+            starts = range(length - n) if mode == 'vspw' else range(length - n + 1)
+            ratios[n].extend(_window_ratios(g, p, n, starts, mode == 'corrected', ignore_index))
+    return ratios, lengths

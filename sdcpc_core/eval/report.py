@@ -5,13 +5,15 @@ scores, optional per-stage latency) and free key/values describing the run. The 
 (``sdcpc_core.eval.evaluator``), the trainer's final validation and the rosbag evaluation all produce
 one, and ``write_report`` turns it into a report folder::
 
-    report.json         summary (mIoU, per-class IoU, mVC, mode, latency percentiles, info),
-                        per-frame records and the confusion matrix
+    report.json         summary (mIoU, per-class IoU, mVC and its correct-only variant, mode, latency
+                        percentiles, info), per-frame records and the confusion matrix
     report.md           the same as tables, naming the video-consistency mode, with the plots
     per_class_iou.png   IoU per class (bars)
     per_frame.png       accuracy and frame-to-frame consistency over time, one curve per video
     latency.png         histogram per stage (only when latencies were measured)
-    overlays.png        a strip of overlay images (only when some are given)
+    overlays.png        per frame (``OverlayFrame``): ground truth | prediction | errors, titled, with a
+                        legend of the class colours; plain images in rows of their own (only when
+                        some are given)
 
 IoU, accuracy and consistency are reported in percent; latency in milliseconds. Values that could
 not be measured (a class absent from the ground truth, mVC without a window that fits) are NaN in
@@ -24,16 +26,17 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from ..classes import ClassList
 from .metrics import VC_MODES, ConfusionMatrix
 
-__all__ = ["EvaluationReport", "write_report", "overlay", "LATENCY_PERCENTILES", "VC_MODE_DESCRIPTIONS"]
+__all__ = ["EvaluationReport", "OverlayFrame", "write_report", "overlay", "error_map", "LATENCY_PERCENTILES",
+           "VC_MODE_DESCRIPTIONS", "CONSISTENCY_DEFINITION"]
 
 LATENCY_PERCENTILES = (50, 90, 95, 99)
 
@@ -42,7 +45,14 @@ VC_MODE_DESCRIPTIONS = {
     "corrected": "every window of every video of at least n frames, ignore pixels masked",
 }
 
-_OVERLAY_STRIP_ASPECT = 8  # overlays.png: about this many image heights per row (width / height)
+CONSISTENCY_DEFINITION = ("mVCn: share of the pixels whose ground truth stays the same over n frames whose "
+                          "prediction stays the same too; mVCn_correct: share of those pixels whose prediction is "
+                          "correct in all n frames (only stability that is right counts; <= mVCn)")
+
+_OVERLAY_PANEL_HEIGHT = 2.2  # overlays.png: inches per image row
+_OVERLAY_MAX_WIDTH = 640  # overlay frames wider than this are kept subsampled (every k-th pixel)
+_ERROR_COLORS = {"wrong": (230, 30, 30), "not labelled (ignore)": (90, 140, 230)}  # error map colours
+_ERROR_DIM = 0.6  # brightness of the grey image under correct pixels in the error map
 
 
 def _percent(value: float) -> float:
@@ -95,7 +105,7 @@ class EvaluationReport:
     ``accuracy`` and ``miou`` (fractions for that frame alone, NaN when it has no labelled pixel) and
     optional extra keys (``consistency``: agreement with the previous scored frame, plotted when
     present); ``latency_ms`` maps stage names to per-frame milliseconds; ``overlays`` are
-    ``(H, W, 3)`` uint8 images drawn into ``overlays.png``.
+    ``OverlayFrame`` s (or plain ``(H, W, 3)`` uint8 images) drawn into ``overlays.png``.
     """
 
     title: str
@@ -106,7 +116,7 @@ class EvaluationReport:
     frames: list[dict]
     latency_ms: dict[str, list[float]] = field(default_factory=dict)
     info: dict = field(default_factory=dict)
-    overlays: list[np.ndarray] = field(default_factory=list)
+    overlays: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.consistency_mode not in VC_MODES:
@@ -137,6 +147,7 @@ class EvaluationReport:
             "consistency": {name: _percent(v) for name, v in self.consistency.items()},
             "consistency_mode": self.consistency_mode,
             "consistency_mode_description": VC_MODE_DESCRIPTIONS[self.consistency_mode],
+            "consistency_definition": CONSISTENCY_DEFINITION,
             "frames_scored": len(self.frames),
             "classes": {"dataset": self.classes.dataset, "count": len(self.classes),
                         "present_in_ground_truth": int(np.count_nonzero(~np.isnan(iou)))},
@@ -145,8 +156,20 @@ class EvaluationReport:
             "info": self.info,
         })
 
+    def absent_classes(self) -> list[str]:
+        """Names of the classes without a ground-truth pixel in the evaluated frames (left out of mIoU)."""
+        present = self.confusion.matrix.sum(axis=1) > 0
+        return [name for name, here in zip(self.classes.names, present) if not here]
+
+    def weakest_classes(self, count: int = 3) -> list[tuple[str, float]]:
+        """Up to ``count`` classes present in the ground truth with the lowest IoU, as ``(name, IoU %)``, lowest first."""
+        iou = self.confusion.iou()
+        order = [i for i in np.argsort(np.nan_to_num(iou, nan=np.inf), kind="stable") if not np.isnan(iou[i])]
+        return [(self.classes.names[i], _percent(iou[i])) for i in order[:count]]
+
     def summary_line(self) -> str:
-        """One line, e.g. ``mIoU 61.2  mVC8 88.1  mVC16 84.0 (vspw)  acc 90.3  frames 120  total p50 31.0 ms``."""
+        """One line, e.g. ``mIoU 61.2  mVC8 88.1  mVC16 84.0  mVC8_correct 58.0  mVC16_correct 55.1 (vspw)
+        acc 90.3  frames 120  total p50 31.0 ms``."""
         parts = [f"mIoU {_fmt(_percent(self.confusion.miou()))}"]
         parts += [f"{name} {_fmt(_percent(v))}" for name, v in self.consistency.items()]
         parts[-1] += f" ({self.consistency_mode})"
@@ -166,6 +189,7 @@ class EvaluationReport:
         rows += [(f"{name} (%)", _fmt(v)) for name, v in summary["consistency"].items()]
         present = summary["classes"]["present_in_ground_truth"]
         rows += [("video-consistency mode", f"{self.consistency_mode} ({summary['consistency_mode_description']})"),
+                 ("video-consistency measures", CONSISTENCY_DEFINITION),
                  ("frames scored", summary["frames_scored"]),
                  ("classes in the ground truth", f"{present} of {len(self.classes)}")]
         lines += _table(("metric", "value"), rows)
@@ -269,16 +293,89 @@ def _plot_latency(report: EvaluationReport, path: Path) -> None:
     figure.savefig(path)
 
 
-def _plot_overlays(images: Sequence[np.ndarray], path: Path) -> None:
-    aspect = images[0].shape[1] / images[0].shape[0]
-    columns = max(1, min(len(images), round(_OVERLAY_STRIP_ASPECT / aspect)))
-    rows = math.ceil(len(images) / columns)
-    figure = _figure(3.2 * aspect * columns, 3.2 * rows)
-    for i, image in enumerate(images):
-        axes = figure.add_subplot(rows, columns, i + 1)
-        axes.imshow(image)
-        axes.set_axis_off()
-    figure.tight_layout()
+@dataclass(frozen=True)
+class OverlayFrame:
+    """One frame drawn into ``overlays.png`` as ground truth | prediction | errors.
+
+    ``image``: ``(H, W, 3)`` uint8 RGB; ``labels`` (ground truth, ignore allowed) and ``prediction``:
+    ``(H, W)`` class ids; ``caption`` names the frame (e.g. ``video 3, frame 12``). ``create`` keeps
+    frames wider than 640 pixels subsampled, so a report holds little memory whatever the camera.
+    """
+
+    image: np.ndarray
+    labels: np.ndarray
+    prediction: np.ndarray
+    caption: str = ""
+
+    def __post_init__(self) -> None:
+        image, labels, prediction = (np.asarray(a) for a in (self.image, self.labels, self.prediction))
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"an overlay frame needs an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}")
+        if labels.shape != image.shape[:2] or prediction.shape != image.shape[:2]:
+            raise ValueError(f"an overlay frame needs labels and prediction of the image size {image.shape[:2]}, got "
+                             f"{labels.shape} and {prediction.shape}")
+
+    @classmethod
+    def create(cls, image: np.ndarray, labels: np.ndarray, prediction: np.ndarray, caption: str = "") -> OverlayFrame:
+        """A frame with its own copies of the arrays, subsampled to at most 640 pixels wide."""
+        step = max(1, -(-np.shape(image)[1] // _OVERLAY_MAX_WIDTH))
+        return cls(*(np.array(np.asarray(a)[::step, ::step]) for a in (image, labels, prediction)), caption)
+
+
+def error_map(frame: OverlayFrame, classes: ClassList) -> np.ndarray:
+    """``(H, W, 3)`` uint8: the image in dimmed grey where the prediction is right, red where it is wrong,
+    blue where the ground truth has no class (ignore)."""
+    grey = frame.image.astype(np.float32).mean(axis=2, keepdims=True) * _ERROR_DIM
+    out = np.repeat(np.rint(grey), 3, axis=2).astype(np.uint8)
+    labelled = (frame.labels >= 0) & (frame.labels < len(classes))
+    out[labelled & (frame.labels != frame.prediction)] = _ERROR_COLORS["wrong"]
+    out[~labelled] = _ERROR_COLORS["not labelled (ignore)"]
+    return out
+
+
+def _plot_overlays(items: Sequence, classes: ClassList, path: Path) -> None:
+    """One row per item: an ``OverlayFrame`` as three titled panels, a plain image across the row; below, a
+    legend of the colours of the classes in the frames and of the error map."""
+    from matplotlib.gridspec import GridSpec
+    from matplotlib.patches import Patch
+
+    shapes = [np.shape(item.image if isinstance(item, OverlayFrame) else item) for item in items]
+    aspect = max(shape[1] / shape[0] for shape in shapes)
+    frames = [item for item in items if isinstance(item, OverlayFrame)]
+    columns = 3 if frames else 1
+    shown = sorted({int(v) for f in frames for v in np.union1d(f.labels, f.prediction) if 0 <= v < len(classes)})
+    handles = [Patch(facecolor=np.asarray(classes.classes[i].color) / 255.0, edgecolor="black", linewidth=0.4,
+                     label=classes.names[i]) for i in shown]
+    if frames:
+        handles += [Patch(facecolor=np.asarray(color) / 255.0, edgecolor="black", linewidth=0.4, label=f"error map: {name}")
+                    for name, color in _ERROR_COLORS.items()]
+    legend_columns = max(1, min(len(handles), int(columns * 1.6 * aspect)))
+    legend_height = 0.3 * math.ceil(len(handles) / legend_columns) + 0.2 if handles else 0.0
+    width = _OVERLAY_PANEL_HEIGHT * aspect * columns
+    height = (_OVERLAY_PANEL_HEIGHT + 0.45) * len(items) + legend_height
+    figure = _figure(width, height)
+    grid = GridSpec(len(items), columns, figure=figure, left=0.01, right=0.99, top=1 - 0.1 / height,
+                    bottom=(legend_height + 0.05) / height, hspace=0.35, wspace=0.03)
+    for row, item in enumerate(items):
+        if not isinstance(item, OverlayFrame):
+            axes = figure.add_subplot(grid[row, :])
+            axes.imshow(item)
+            axes.set_axis_off()
+            continue
+        valid = (item.labels >= 0) & (item.labels < len(classes))
+        wrong = float(np.mean(item.labels[valid] != item.prediction[valid])) if valid.any() else math.nan
+        prefix = f"{item.caption}: " if item.caption else ""
+        panels = ((overlay(item.image, item.labels, classes), f"{prefix}ground truth"),
+                  (overlay(item.image, item.prediction, classes), "prediction"),
+                  (error_map(item, classes), f"errors ({_fmt(100.0 * wrong)} % of labelled pixels wrong)"))
+        for column, (picture, title) in enumerate(panels):
+            axes = figure.add_subplot(grid[row, column])
+            axes.imshow(picture, interpolation="nearest")
+            axes.set_title(title, fontsize=9)
+            axes.set_axis_off()
+    if handles:
+        figure.legend(handles=handles, loc="lower center", ncol=legend_columns, fontsize=8, frameon=False,
+                      bbox_to_anchor=(0.5, 0.0))
     figure.savefig(path)
 
 
@@ -307,7 +404,8 @@ def write_report(report: EvaluationReport, folder: str | os.PathLike, *, overwri
                  overlays: Sequence[np.ndarray] = ()) -> Path:
     """Writes the report folder (see the module docstring) and returns its path.
 
-    ``overlays`` are drawn after ``report.overlays``. Everything is written into a temporary sibling
+    ``overlays`` (``OverlayFrame`` s or ``(H, W, 3)`` uint8 images) are drawn after ``report.overlays``.
+    Everything is written into a temporary sibling
     folder that is renamed to ``folder`` at the end, so a failed run leaves no partial report. An
     existing ``folder`` raises ``FileExistsError`` unless ``overwrite``; it is then replaced.
     """
@@ -318,8 +416,10 @@ def write_report(report: EvaluationReport, folder: str | os.PathLike, *, overwri
         raise FileExistsError(f"report path {folder} exists and is not a folder")
     images = [*report.overlays, *overlays]
     for i, image in enumerate(images):
+        if isinstance(image, OverlayFrame):
+            continue
         if np.asarray(image).ndim != 3 or np.asarray(image).shape[2] != 3 or np.asarray(image).dtype != np.uint8:
-            raise ValueError(f"overlay image {i} must be (H, W, 3) uint8, got {np.shape(image)}")
+            raise ValueError(f"overlay image {i} must be an OverlayFrame or (H, W, 3) uint8, got {np.shape(image)}")
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
@@ -331,7 +431,7 @@ def write_report(report: EvaluationReport, folder: str | os.PathLike, *, overwri
             _plot_latency(report, staging / "latency.png")
         if images:
             plots.append("overlays.png")
-            _plot_overlays(images, staging / "overlays.png")
+            _plot_overlays(images, report.classes, staging / "overlays.png")
         document = {**report.summary(), "confusion_matrix": report.confusion.matrix.tolist(),
                     "class_names": report.classes.names, "frames": _json_value(report.frames)}
         (staging / "report.json").write_text(json.dumps(document, indent=1, allow_nan=False) + "\n", encoding="utf-8")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from ..options import check_names
 from .sdcpc import SDCPC, ClipOutput, FrameCache, SDCPCConfig
 
 _MIT = ("b0", "b1", "b2", "b3", "b4", "b5")
@@ -31,9 +32,7 @@ def model_config(variant: str, num_classes: int, **overrides) -> SDCPCConfig:
     if variant not in VARIANTS:
         raise ValueError(f"unknown model variant {variant!r}; valid variants: {', '.join(VARIANTS)}")
     valid = [name for name in SDCPCConfig.field_names() if name not in ("backbone", "num_classes")]
-    unknown = sorted(set(overrides) - set(valid))
-    if unknown:
-        raise ValueError(f"unknown model option(s) {', '.join(unknown)}; valid options: {', '.join(valid)}")
+    check_names(overrides, valid, "model option", valid_label="valid options")
     if "ssea_grids" in overrides:
         overrides["ssea_grids"] = tuple(overrides["ssea_grids"])
     config = SDCPCConfig(num_classes=num_classes, **VARIANTS[variant])

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops import upsample_bilinear_add_
+from .layers import inference_constant
 
 
 class LevelFusion(nn.Conv2d):
@@ -29,18 +30,28 @@ class LevelFusion(nn.Conv2d):
         """Backbone levels ``[(B, C_i, h_i, w_i)]``, finest first, and their projections ``C_i -> E`` ->
         ``(B, E, h_0, w_0)``, optionally times a per-channel ``scale`` ``(E,)`` plus ``shift`` ``(E,)``
         (a folded eval-mode batch norm)."""
+        return self.apply_folded(features, *self.fold(projections, scale, shift))
+
+    @staticmethod
+    def apply_folded(features: list[torch.Tensor], weights: list[torch.Tensor], bias: torch.Tensor) -> torch.Tensor:
+        """``sum_i up(conv(c_i, weights[i])) + bias`` at the finest level's size ``(B, E, h_0, w_0)``."""
+        fused = F.conv2d(features[0], weights[0], bias)
+        for level, weight in zip(features[1:], weights[1:]):
+            fused = upsample_bilinear_add_(fused, F.conv2d(level, weight))
+        return fused
+
+    def fold(self, projections: nn.ModuleList, scale: torch.Tensor | None = None, shift: torch.Tensor | None = None
+             ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Per level the 1x1 convolution weight ``W_i P_i`` ``(E, C_i, 1, 1)``, finest first, and the bias
+        ``sum_i W_i b_i`` ``(E,)``, with ``scale`` and ``shift`` folded in."""
         weight = self.weight.flatten(1)
         if scale is not None:
             weight = weight * scale[:, None]
-        blocks = weight.chunk(len(features), dim=1)[::-1]  # the concatenation puts the deepest level first
+        blocks = weight.chunk(len(projections), dim=1)[::-1]  # the concatenation puts the deepest level first
         bias = sum(block @ linear.bias for block, linear in zip(blocks, projections))
         if shift is not None:
             bias = bias + shift
-        fused = F.conv2d(features[0], (blocks[0] @ projections[0].weight)[:, :, None, None], bias)
-        for level, block, linear in zip(features[1:], blocks[1:], projections[1:]):
-            mapped = F.conv2d(level, (block @ linear.weight)[:, :, None, None])
-            fused = upsample_bilinear_add_(fused, mapped)
-        return fused
+        return [(block @ linear.weight)[:, :, None, None] for block, linear in zip(blocks, projections)], bias
 
 
 class SegFormerHead(nn.Module):
@@ -69,15 +80,21 @@ class SegFormerHead(nn.Module):
         """
         if self.training:
             return F.relu(self.bn(self.linear_fuse(features, self.linear_c)), inplace=True)
+        sources = (self.linear_fuse.weight, *self.linear_c.parameters(), *self.bn.parameters(), *self.bn.buffers())
+        folded = inference_constant(self, "fusion", self._folded_fusion, *sources)
+        return self.linear_fuse.apply_folded(features, *folded).relu_()
+
+    def _folded_fusion(self) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The fusion's per-level weights and bias with the eval-mode batch norm folded in (``LevelFusion.fold``)."""
         scale = self.bn.weight * torch.rsqrt(self.bn.running_var + self.bn.eps)
-        return self.linear_fuse(features, self.linear_c, scale, self.bn.bias - self.bn.running_mean * scale).relu_()
+        return self.linear_fuse.fold(self.linear_c, scale, self.bn.bias - self.bn.running_mean * scale)
 
     def classify(self, fused: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.dropout(fused))
 
     def classify_residual(self, residual: torch.Tensor) -> torch.Tensor:
         """The classifier's linear part (no bias, no dropout) on a residual ``(B, E, h, w)`` -> ``(B, K, h, w)``."""
-        return self.classifier(residual) - self.classifier.bias.view(1, -1, 1, 1)
+        return F.conv2d(residual, self.classifier.weight)
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         return self.classify(self.fuse(features))

@@ -17,14 +17,15 @@ zero-initialised per-channel factor, so the temporal branch starts as an identit
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops import window_attention
-from .layers import LayerNorm2d, map_to_tokens, multihead_attention, tokens_to_map
+from ..ops.window_attention import window_attention
+from .layers import LayerNorm2d, inference_constant, map_to_tokens, multihead_attention, tokens_to_map
 
 MAX_SELECTED_TOKENS = 3840  # TensorRT's TopK limit on K
 
@@ -33,12 +34,15 @@ def perceptual_difference(target_probs: torch.Tensor, ref_probs: torch.Tensor, e
     """Jensen-Shannon divergence / ln 2, in [0, 1].
 
     target_probs: ``(B, K, h, w)``; ref_probs: ``(B, R, K, h, w)``; returns ``(B, R, h, w)``.
+    Computed as ``H(m) - (H(p) + H(q)) / 2`` with ``m = (p + q) / 2`` and the entropies ``H`` over
+    classes (equal to the two KL terms for any positive p, q): the target's entropy is taken once for
+    all references, and each term is one element-wise operator and one reduction.
     """
-    p = target_probs.unsqueeze(1).clamp_min(eps)
-    q = ref_probs.clamp_min(eps)
-    m = 0.5 * (p + q)
-    js = 0.5 * (p * (p / m).log()).sum(2) + 0.5 * (q * (q / m).log()).sum(2)
-    return (js / math.log(2.0)).clamp(0.0, 1.0)
+    probs = torch.cat([target_probs.unsqueeze(1), ref_probs], dim=1).clamp_min_(eps)  # (B, 1 + R, K, h, w)
+    entropy = torch.special.entr(probs).sum(2)  # (B, 1 + R, h, w)
+    mixture = torch.special.entr(torch.lerp(probs[:, :1], probs[:, 1:], 0.5)).sum(2)  # (B, R, h, w)
+    js = mixture - torch.lerp(entropy[:, :1], entropy[:, 1:], 0.5)
+    return js.mul_(1.0 / math.log(2.0)).clamp_(0.0, 1.0)
 
 
 def selection_scores(difference: torch.Tensor) -> torch.Tensor:
@@ -51,12 +55,25 @@ def selection_scores(difference: torch.Tensor) -> torch.Tensor:
     for up to n = 32768 reference tokens (3 references of 1/32 maps up to 1080x1920 need 6120).
     """
     flat = difference.flatten(1)
-    n = flat.shape[1]
     r, hw = difference.shape[1], difference.shape[2] * difference.shape[3]
-    ref_index = torch.arange(r, device=flat.device, dtype=flat.dtype).repeat_interleave(hw)
-    position = torch.arange(hw, device=flat.device, dtype=flat.dtype).repeat(r)
-    tie_break = (ref_index * hw + (hw - 1 - position)) / (n * 256.0)
-    return torch.floor(flat * 256.0) / 256.0 + tie_break
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        tie_break = _tie_break(r, hw, flat.device, flat.dtype)
+    else:  # a constant of the input size: built once, not once per frame
+        tie_break = _cached_tie_break(r, hw, flat.device, flat.dtype)
+    return torch.floor(flat * 256.0).div_(256.0).add_(tie_break)
+
+
+def _tie_break(r: int, hw: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``(R*hw,)`` tie-breakers of ``selection_scores``, in ``[0, 1/256)``: newer references, then earlier positions."""
+    ref_index = torch.arange(r, device=device, dtype=dtype).repeat_interleave(hw)
+    position = torch.arange(hw, device=device, dtype=dtype).repeat(r)
+    return (ref_index * hw + (hw - 1 - position)) / (r * hw * 256.0)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_tie_break(r: int, hw: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    with torch.inference_mode(False), torch.no_grad():
+        return _tie_break(r, hw, device, dtype)
 
 
 class CoarseSelectiveAttention(nn.Module):
@@ -189,6 +206,11 @@ class TemporalClassifier(nn.Conv2d):
                 gamma: torch.Tensor) -> torch.Tensor:
         """attended ``(B, window_dim, h, w)``, gate ``(B, 1, h, w)``, DSSA's output projection and
         ``gamma`` ``(E, 1, 1)`` -> class logits ``(B, K, h, w)``."""
+        weight, bias = inference_constant(self, "folded", lambda: self.fold(proj, gamma), self.weight, proj.weight,
+                                          proj.bias, gamma)
+        return F.conv2d(attended, weight, bias) * gate
+
+    def fold(self, proj: nn.Conv2d, gamma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``W_t diag(gamma) W_p`` as a 1x1 convolution weight ``(K, window_dim, 1, 1)`` and ``W_t (gamma b_p)`` ``(K,)``."""
         scaled = self.weight.flatten(1) * gamma.view(1, -1)  # (K, E)
-        weight = scaled @ proj.weight.flatten(1)  # (K, window_dim)
-        return F.conv2d(attended, weight[:, :, None, None], scaled @ proj.bias) * gate
+        return (scaled @ proj.weight.flatten(1))[:, :, None, None], scaled @ proj.bias

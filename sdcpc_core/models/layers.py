@@ -1,11 +1,15 @@
 """Small building blocks shared by the backbones, the decode head and the temporal modules."""
 from __future__ import annotations
 
+import functools
 import math
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..ops.dispatch import eager_cpu_inference
 
 
 class DropPath(nn.Module):
@@ -66,19 +70,74 @@ def adaptive_avg_pool(x: torch.Tensor, grids: tuple[int, ...]) -> list[torch.Ten
     return out
 
 
+def grid_pool_tokens(x: torch.Tensor, grids: tuple[int, ...]) -> torch.Tensor:
+    """Every grid's ``F.adaptive_avg_pool2d`` of ``x`` as tokens: ``(B, C, H, W) -> (B, sum g^2, C)``, grid by
+    grid, each row-major.
+
+    Which formulation runs:
+
+    | call | formulation |
+    |---|---|
+    | traced (``torch.export``, ``torch.compile``) | ``adaptive_avg_pool``: matrices built in the graph from shapes |
+    | eager CPU inference | ``adaptive_avg_pool``: two small products per grid, the fewest multiply-adds |
+    | eager elsewhere (CUDA, autograd) | one product with a cached ``(sum g^2, H*W)`` matrix: one kernel |
+
+    All give the same values up to float rounding (tested). On a GPU at batch 1 every small product and
+    every operator that builds a pooling matrix is a kernel launch, which costs more there than the
+    extra arithmetic of the one dense product.
+    """
+    if eager_cpu_inference(x) or torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        return torch.cat([map_to_tokens(p) for p in adaptive_avg_pool(x, grids)], dim=1)
+    h, w = x.shape[-2:]
+    return torch.matmul(_dense_pool_matrix(h, w, tuple(grids), x.device, x.dtype), x.flatten(2).transpose(1, 2))
+
+
+@functools.lru_cache(maxsize=32)
+def _dense_pool_matrix(h: int, w: int, grids: tuple[int, ...], device: torch.device,
+                       dtype: torch.dtype) -> torch.Tensor:
+    """``(sum g^2, H*W)``: row ``i*g + j`` of grid g averages bin (i, j); a constant of the input size."""
+    with torch.inference_mode(False), torch.no_grad():
+        like = torch.empty(0, device=device, dtype=dtype)
+        blocks = [torch.einsum("iy,jx->ijyx", adaptive_pool_matrix(h, g, like), adaptive_pool_matrix(w, g, like))
+                  .reshape(g * g, h * w) for g in grids]
+        return torch.cat(blocks, dim=0)
+
+
 def mean_pool2x2(x: torch.Tensor) -> torch.Tensor:
-    """``F.avg_pool2d(x, 2)``, ``(B, C, H, W) -> (B, C, H/2, W/2)``, as two pairwise sums: rows 2i and
-    2i+1 first (the two halves of one contiguous row pair, so both reads run along memory), then
-    even and odd columns. The same values; on one CPU thread, for SD-CPC's 256-channel 1/4 map it
-    takes 6 ms against 29-36 ms for ``avg_pool2d`` or a depthwise convolution at 128x256 (MiT-B0 at
-    512x1024) and 6 against 7-27 ms at 120x216. Odd sizes (never met by the model, whose maps are
-    multiples of 8) go to ``avg_pool2d``."""
+    """``F.avg_pool2d(x, 2)``, ``(B, C, H, W) -> (B, C, H/2, W/2)``.
+
+    Eager CPU inference and exported graphs take two pairwise sums: rows 2i and 2i+1 first (the two
+    halves of one contiguous row pair, so both reads run along memory), then even and odd columns;
+    on a CPU that is several times faster than ``avg_pool2d`` or a depthwise convolution for the
+    256-channel 1/4 map (``bench/RESULTS.md``). Elsewhere (a GPU, autograd) ``avg_pool2d`` is one
+    kernel against three. Odd sizes (never met by the model, whose maps are multiples of 8) go to
+    ``avg_pool2d``."""
     b, c, h, w = x.shape
-    if h % 2 or w % 2:
+    if h % 2 or w % 2 or not (eager_cpu_inference(x) or torch.compiler.is_exporting()):
         return F.avg_pool2d(x, 2)
     row_pairs = x.reshape(b, c, h // 2, 2 * w)
     rows = row_pairs[..., :w] + row_pairs[..., w:]
     return (rows[..., 0::2] + rows[..., 1::2]).mul_(0.25)
+
+
+def inference_constant(owner: nn.Module, name: str, compute: Callable[[], Any], *sources: torch.Tensor) -> Any:
+    """``compute()`` (tensors derived from ``sources``, e.g. folded weights), computed once and reused while
+    the ``sources`` are unchanged (same storage, version, dtype and device), in eager inference.
+
+    Under autograd (a source requires gradients), ``torch.compile`` and ``torch.export`` it is computed
+    afresh, so gradients flow and traced graphs keep deriving the constants from the parameters. On a GPU
+    at batch 1 each derived weight is one more kernel per frame for a value that only changes when the
+    weights do.
+    """
+    if (torch.compiler.is_compiling() or torch.compiler.is_exporting()
+            or (torch.is_grad_enabled() and any(s.requires_grad for s in sources))):
+        return compute()
+    key = tuple((s.data_ptr(), s._version, s.dtype, s.device) for s in sources)
+    cache = owner.__dict__.setdefault("_inference_constants", {})
+    hit = cache.get(name)
+    if hit is None or hit[0] != key:
+        hit = cache[name] = (key, compute())
+    return hit[1]
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -133,7 +192,9 @@ def conv_on_tokens(conv: nn.Conv2d, tokens: torch.Tensor, height: int, width: in
     channels at 128x256) took 78 ms that way and 6 ms this way, its spatial reduction 12.7 and 1.8 ms
     (one CPU thread).
     """
-    weight = conv.weight.to(memory_format=torch.channels_last)  # not .contiguous(): a no-op for depthwise weights
+    # .to(), not .contiguous(): the latter is a no-op for depthwise weights
+    weight = inference_constant(conv, "channels_last", lambda: conv.weight.to(memory_format=torch.channels_last),
+                                conv.weight)
     out = F.conv2d(tokens_to_map(tokens, height, width), weight, conv.bias, conv.stride, conv.padding,
                    conv.dilation, conv.groups)
     return map_to_tokens(out)

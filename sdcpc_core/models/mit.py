@@ -4,7 +4,7 @@ Four stages at strides 4/8/16/32. Each stage: an overlapping patch embedding (st
 LayerNorm), blocks of efficient self-attention (keys and values spatially reduced by a strided
 conv) and Mix-FFN (MLP with a 3x3 depthwise conv), then a LayerNorm. Parameter names follow
 the original SegFormer layout closely so that HF and mmseg checkpoints map onto them in
-``sdcpc_core.checkpoints``.
+``sdcpc_core.weights.segformer``.
 """
 from __future__ import annotations
 

@@ -18,7 +18,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .layers import LayerNorm2d, adaptive_avg_pool, map_to_tokens, mean_pool2x2, multihead_attention
+from .layers import (LayerNorm2d, grid_pool_tokens, inference_constant, map_to_tokens, mean_pool2x2,
+                     multihead_attention)
 
 
 class StaticSemanticAlignment(nn.Module):
@@ -44,14 +45,21 @@ class StaticSemanticAlignment(nn.Module):
     def pool(self, levels: list[torch.Tensor]) -> list[torch.Tensor]:
         """Per-level maps ``[(B, C_i, h_i, w_i)]`` -> per-level tokens ``[(B, n, C_i)]``, ``n = sum g^2`` over
         the grids (grid by grid, row-major)."""
-        return [torch.cat([map_to_tokens(p) for p in adaptive_avg_pool(level, self.grids)], dim=1)
-                for level in levels]
+        return [grid_pool_tokens(level, self.grids) for level in levels]
 
     def tokens(self, level_tokens: list[torch.Tensor]) -> torch.Tensor:
         """Projected per-level tokens ``[(B, n, E)]`` -> normalised tokens ``(B, num_tokens, E)``."""
-        sizes = [g * g for g in self.grids] * len(level_tokens)
-        embed = torch.cat([e.expand(n, -1) for e, n in zip(self.token_embed, sizes)], dim=0)
+        embed = inference_constant(self, "embed", self._expanded_embed, self.token_embed)
         return self.token_norm(torch.cat(level_tokens, dim=1) + embed)
+
+    def _expanded_embed(self) -> torch.Tensor:
+        """``(num_tokens, E)``: each (level, grid) embedding repeated for the grid's tokens."""
+        sizes = [g * g for g in self.grids] * (len(self.token_embed) // len(self.grids))
+        return torch.cat([e.expand(n, -1) for e, n in zip(self.token_embed, sizes)], dim=0)
+
+    def _folded_output(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``gamma * proj``: weight ``(E, attn_dim)`` and bias ``(E, 1)``."""
+        return self.gamma[:, None] * self.proj.weight, (self.gamma * self.proj.bias)[:, None]
 
     def forward(self, fused: torch.Tensor, levels: list[torch.Tensor],
                 projections: Sequence[nn.Module]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,7 +76,7 @@ class StaticSemanticAlignment(nn.Module):
         level_tokens = [project(tokens) for project, tokens in zip(projections, self.pool(levels))]
         k, v = self.kv(self.tokens(level_tokens)).chunk(2, dim=-1)
         out = multihead_attention(q, k, v, self.heads)  # (B, h*w, attn_dim)
-        weight = self.gamma[:, None] * self.proj.weight
-        residual = torch.baddbmm((self.gamma * self.proj.bias)[None, :, None], weight.expand(b, -1, -1),
-                                 out.transpose(1, 2))
+        weight, bias = inference_constant(self, "output", self._folded_output, self.gamma, self.proj.weight,
+                                          self.proj.bias)
+        residual = torch.baddbmm(bias, weight.expand(b, -1, -1), out.transpose(1, 2))
         return x, residual.view(b, -1, h, w)

@@ -1,25 +1,23 @@
 """Tensor operators used by the SD-CPC model (plain PyTorch, exportable).
 
-``window_attention`` runs the plain-op reference (``.window_attention``) unless the fused switch
-``use_fused_window_attention(True)`` is on and the inputs are CUDA tensors; then it calls the
-custom op ``torch.ops.sdcpc.window_attention`` (a Triton kernel). See ``.window_attention_op``.
+``window_attention`` (a subpackage) is the windowed cross-frame attention; its one dispatcher,
+``sdcpc_core.ops.window_attention.window_attention``, chooses between the plain-op reference, the
+eager CPU in-place path, the tiled formulation of exported graphs and, with the fused switch
+``use_fused_window_attention(True)`` on and CUDA inputs, the custom op
+``torch.ops.sdcpc.window_attention`` (a Triton kernel); its docstring has the table.
 ``upsample_bilinear_add_`` adds a bilinear upsampling into a map (in place on a CPU).
 """
 
 from .upsample import upsample_bilinear_add_
-from .window_attention_op import (
+from .window_attention import (
     fused_window_attention,
     fused_window_attention_enabled,
-    register_tensorrt_plugin,
     use_fused_window_attention,
-    window_attention,
 )
 
 __all__ = [
     "fused_window_attention",
     "fused_window_attention_enabled",
-    "register_tensorrt_plugin",
     "upsample_bilinear_add_",
     "use_fused_window_attention",
-    "window_attention",
 ]

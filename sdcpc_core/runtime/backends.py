@@ -1,6 +1,6 @@
 """Inference back ends behind one interface: the streaming runtime does not care which runs.
 
-A back end runs the two streaming programs of ``sdcpc_core.runtime.export`` for one fixed input
+A back end runs the two streaming programs of ``sdcpc_core.runtime.programs`` for one fixed input
 size: ``encode(image) -> FrameCache`` once per frame and ``temporal(current, refs) -> logits``.
 Tensors cross the interface as torch tensors on ``backend.device``. Back ends are created by name
 with ``create_backend``; optional ones are imported only when asked for, and asking for one whose
@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 
 from ..models.sdcpc import SDCPC, FrameCache, stack_references
-from .export import encode_output_names
+from .programs import encode_output_names
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

@@ -35,8 +35,8 @@ import torch
 
 from ..models.sdcpc import SDCPC, FrameCache
 from .backends import Backend
-from .export import EXPORT_FORMAT, TEMPORAL_INPUTS
 from .onnx_export import OPSET, export_onnx, manifest_problems, model_sha256, read_manifest
+from .programs import EXPORT_FORMAT, TEMPORAL_INPUTS
 
 
 def onnx_cache_key(model_hash: str, input_size: tuple[int, int], num_refs: int, opset: int = OPSET,

@@ -9,7 +9,7 @@ writes into ``out_dir``:
   per-frame baselines);
 * ``temporal.onnx`` (temporal models only): ``TEMPORAL_INPUTS`` -> ``TEMPORAL_OUTPUTS``;
 * ``manifest.json``: model config, checkpoint sha256 (when known), input size, ``num_refs``, opset,
-  ``export_format`` (``sdcpc_core.runtime.export.EXPORT_FORMAT``),
+  ``export_format`` (``sdcpc_core.runtime.programs.EXPORT_FORMAT``),
   torch / onnx / onnxscript versions, creation time (UTC) and, per graph, its file, sha256 and the
   names, shapes and dtypes of its inputs and outputs.
 
@@ -40,9 +40,9 @@ from typing import Iterable, Iterator
 
 import torch
 
-from ..io import atomic_write
+from ..atomic_files import atomic_write
 from ..models.sdcpc import SDCPC
-from .export import EXPORT_FORMAT, TEMPORAL_INPUTS, TEMPORAL_OUTPUTS, encode_output_names, export_programs
+from .programs import EXPORT_FORMAT, TEMPORAL_INPUTS, TEMPORAL_OUTPUTS, encode_output_names, export_programs
 
 OPSET = 18
 MANIFEST_NAME = "manifest.json"

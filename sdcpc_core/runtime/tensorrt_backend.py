@@ -7,9 +7,15 @@ checkpoint_sha256=None)`` exports ``EncodeFrameProgram`` and ``TemporalStepProgr
 ``{torch.bfloat16}`` for bf16, ``{torch.float32}`` for fp32). Inputs and outputs stay fp32 tensors
 on the CUDA device; TensorRT chooses reduced-precision kernels inside the engine.
 
-The DSSA window attention has no TensorRT plugin yet: it is written in plain ATen ops (static
-slices, element-wise products, sums, pads, softmax), which Torch-TensorRT converts like any other
-part of the graph. A fused kernel, if one is added, must come with a plugin or a converter.
+The DSSA window attention reaches TensorRT as whatever ``torch.export`` captured of it (see the
+table of ``sdcpc_core.ops.window_attention``). By default (fused switch off) that is its tiled
+formulation in plain ATen ops (a constant gather index, two batched matrix products, an additive
+mask and a softmax), which Torch-TensorRT converts like any other part of the graph. With the
+fused switch on (``sdcpc_core.ops.use_fused_window_attention(True)``) the programs of a CUDA model
+hold the custom op ``sdcpc.window_attention`` instead; this back end does not register its plugin:
+call ``sdcpc_core.runtime.tensorrt_plugin.register_tensorrt_plugin()`` first to have the Triton
+kernel run inside the engine as a TensorRT plugin, otherwise Torch-TensorRT runs the op in PyTorch
+between two engines.
 
 Engine cache: with ``cache_dir``, each compiled program is saved with ``torch_tensorrt.save``
 (ExportedProgram format) as ``cache_dir/<key>/<program>.ep``, where ``engine_cache_key`` hashes
@@ -37,10 +43,10 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..io import atomic_write
+from ..atomic_files import atomic_write
 from ..models.sdcpc import SDCPC, FrameCache
 from .backends import PRECISIONS, Backend
-from .export import EXPORT_FORMAT, example_inputs, export_programs
+from .programs import EXPORT_FORMAT, example_inputs, export_programs
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import torch
 
 from ..models.sdcpc import SDCPC, FrameCache
 from .backends import Backend
-from .export import EncodeFrameProgram, TemporalStepProgram
+from .programs import EncodeFrameProgram, TemporalStepProgram
 
 
 class _TorchBackend(Backend):

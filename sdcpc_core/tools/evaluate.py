@@ -5,12 +5,18 @@ Example::
     sdcpc-eval --checkpoint model.safetensors --data VSPW_480p [--dataset vspw|cityscapes|camvid]
                [--split val] [--streaming] [--consistency-mode vspw|corrected] [--short-side 480]
                [--max-videos N] [--out DIR] [--overwrite] [--classes NAME_OR_YAML] [--device cpu|cuda]
-               [--overlays N] [--switch-off ssea|dssa ...]
+               [--threads 1] [--overlays N] [--switch-off ssea|dssa ...]
+
+``--checkpoint`` takes whatever weights the node takes (``sdcpc_core.weights.resolve``): a shipped name,
+an sdcpc checkpoint, a Hugging Face SegFormer folder or an mmseg / NVlabs ``.pth``; one line on stderr
+says what was loaded. ``--threads`` sets torch's CPU threads (default 1: on a machine shared with
+other work, more threads than free cores stall in OpenMP barriers, several times slower; give the
+number of idle cores on a dedicated machine).
 
 Clip mode (default) scores each labelled frame from its clip through ``forward_clip``; ``--streaming``
 feeds every video frame by frame through the robot's ``StreamingSegmenter`` (see
 ``sdcpc_core.eval.evaluator``). The class list is ``--classes`` (a shipped name or a YAML file), else
-the checkpoint's own, else ``<data>/classes.yaml`` when it exists, else the data set's shipped list.
+the checkpoint's own names, else ``<data>/classes.yaml`` when it exists, else the data set's shipped list.
 ``--switch-off ssea`` / ``dssa`` is a test-time ablation: that branch's residual scale is zeroed
 before evaluating (``SDCPC.switch_off``).
 
@@ -26,16 +32,20 @@ import sys
 from pathlib import Path
 
 from ..eval.metrics import VC_MODES
-from .cli import ToolParser, UserError, at_least, run_tool
+from .cli import ToolParser, UserError, at_least, check_output_folder, in_range, open_weights, output_stem, run_tool
 
 PROG = "sdcpc-eval"
 ALIGNMENTS = ("ssea", "dssa")  # SDCPC.switch_off's names, here without importing torch
 DATASETS = ("vspw", "cityscapes", "camvid")
+MAX_SHORT_SIDE = 4320  # an 8K frame's short side; beyond it the resize alone needs gigabytes
+MAX_THREADS = 1024
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ToolParser(prog=PROG, description="Evaluate an SD-CPC checkpoint on a video segmentation data set.")
-    parser.add_argument("--checkpoint", required=True, type=Path, help="model weights written by save_weights")
+    parser.add_argument("--checkpoint", required=True,
+                        help="weights: a shipped name, an sdcpc checkpoint, a Hugging Face SegFormer folder or an "
+                             "mmseg .pth")
     parser.add_argument("--data", required=True, type=Path, help="data set root folder")
     parser.add_argument("--dataset", choices=DATASETS, default="vspw", help="data set layout (default vspw)")
     parser.add_argument("--split", default="val", help="split to evaluate (default val)")
@@ -43,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run frame by frame through the streaming runtime instead of clip by clip")
     parser.add_argument("--consistency-mode", choices=VC_MODES, default="vspw",
                         help="mVC definition: the public VSPW script's (default) or the corrected one")
-    parser.add_argument("--short-side", type=at_least(32), default=480,
-                        help="network input short side in pixels (default 480)")
+    parser.add_argument("--short-side", type=in_range(32, MAX_SHORT_SIDE), default=480,
+                        help=f"network input short side in pixels, 32..{MAX_SHORT_SIDE} (default 480)")
     parser.add_argument("--max-videos", type=at_least(1), default=None, help="evaluate only the first N videos")
     parser.add_argument("--out", type=Path, default=None,
                         help="report folder (default: <checkpoint name>-eval-<dataset>-<split>-<mode> beside it)")
@@ -52,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--classes", default=None,
                         help="class list: a shipped name (vspw, cityscapes, camvid) or a YAML file")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--threads", type=in_range(1, MAX_THREADS), default=1,
+                        help="torch CPU threads (default 1; more only on a machine with that many idle cores)")
     parser.add_argument("--overlays", type=at_least(0), default=8,
                         help="frames drawn as ground truth | prediction overlays (default 8)")
     parser.add_argument("--switch-off", action="append", choices=ALIGNMENTS, default=[], metavar="BRANCH",
@@ -74,17 +86,15 @@ def _device(text: str | None):
     return device
 
 
-def _class_list(args, checkpoint: Path):
+def _class_list(args, loaded):
     """The class list and where it came from."""
-    from ..checkpoints import read_class_list
     from ..classes import ClassList
 
     try:
         if args.classes is not None:
             return ClassList.load(args.classes), args.classes
-        stored = read_class_list(checkpoint)
-        if stored is not None:
-            return stored, "checkpoint"
+        if loaded.named_classes:
+            return loaded.classes, "checkpoint"
         local = args.data / "classes.yaml"
         if local.is_file():
             return ClassList.from_yaml(local), str(local)
@@ -112,28 +122,26 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    from ..checkpoints import load_model
+    import torch
+
     from ..eval.evaluator import evaluate
     from ..eval.report import write_report
 
-    checkpoint: Path = args.checkpoint
-    mode = "streaming" if args.streaming else "clip"
-    out = args.out if args.out is not None else checkpoint.parent / (
-        f"{checkpoint.stem}-eval-{args.dataset}-{args.split}-{mode}")
-    if not checkpoint.is_file():
-        raise UserError(f"checkpoint not found: {checkpoint}")
-    if out.exists() and not args.overwrite:
-        raise UserError(f"output folder {out} already exists; pass --overwrite to replace it")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output path {out} exists and is not a folder")
+    if args.out is not None:
+        check_output_folder(args.out, args.overwrite)
     device = _device(args.device)
+    torch.set_num_threads(args.threads)
+    loaded = open_weights(PROG, args.checkpoint)
+    model, stem = loaded.model, output_stem(loaded)
+    mode = "streaming" if args.streaming else "clip"
+    out = args.out if args.out is not None else stem.with_name(f"{stem.name}-eval-{args.dataset}-{args.split}-{mode}")
+    check_output_folder(out, args.overwrite)
     try:
-        model = load_model(checkpoint)
         for alignment in args.switch_off:
             model.switch_off(alignment)
-    except (FileNotFoundError, ValueError) as error:
+    except ValueError as error:
         raise UserError(str(error)) from None
-    classes, classes_source = _class_list(args, checkpoint)
+    classes, classes_source = _class_list(args, loaded)
     if len(classes) != model.num_classes:
         raise UserError(f"the class list ({classes_source}) has {len(classes)} classes but the checkpoint predicts "
                          f"{model.num_classes}; pass --classes with a list of {model.num_classes} classes")
@@ -144,8 +152,9 @@ def _run(args) -> int:
                           num_overlays=args.overlays)
     except (OSError, ValueError) as error:
         raise UserError(f"evaluation stopped: {error}") from None
-    report.title = f"{checkpoint.stem} on {args.dataset} {args.split} ({mode})"
-    report.info = {"checkpoint": str(checkpoint), "data": str(args.data), "classes": classes_source, **report.info}
+    report.title = f"{stem.name} on {args.dataset} {args.split} ({mode})"
+    report.info = {"checkpoint": str(args.checkpoint), "data": str(args.data), "classes": classes_source,
+                   **report.info}
     if args.switch_off:
         report.title += f", {' and '.join(args.switch_off)} switched off"
         report.info["switched_off"] = list(args.switch_off)

@@ -15,8 +15,10 @@ with the eager model (maximum logit difference and argmax agreement are printed)
 
 Everything is written into a temporary folder beside ``--out`` that is renamed to ``--out`` at the
 end: a failed run leaves nothing behind. An existing ``--out`` is refused unless ``--overwrite``.
-The checkpoint must be in our format (``save_weights``), which carries the model config. Errors
-(missing checkpoint, bad size, missing Torch-TensorRT) are one sentence on stderr, exit status 2.
+``--checkpoint`` takes whatever weights the node takes (``sdcpc_core.weights.resolve``): a shipped name,
+an sdcpc checkpoint, a Hugging Face SegFormer folder or an mmseg / NVlabs ``.pth``; one line on stderr
+says what was loaded. Errors (missing or unusable checkpoint, bad size, missing Torch-TensorRT) are one
+sentence on stderr, exit status 2.
 """
 from __future__ import annotations
 
@@ -28,14 +30,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .cli import ToolParser, UserError, at_least, image_size, run_tool
+from .cli import ToolParser, UserError, at_least, check_output_folder, image_size, open_weights, output_stem, run_tool
 
 PROG = "sdcpc-export"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ToolParser(prog=PROG, description="Export an SD-CPC checkpoint's streaming programs to ONNX or TensorRT.")
-    parser.add_argument("--checkpoint", required=True, help="model weights written by save_weights (.safetensors)")
+    parser.add_argument("--checkpoint", required=True,
+                        help="weights: a shipped name, an sdcpc checkpoint, a Hugging Face SegFormer folder or an "
+                             "mmseg .pth")
     parser.add_argument("--backend", required=True, choices=("onnx", "tensorrt"), help="what to build")
     parser.add_argument("--size", required=True, type=image_size, help="input image size HEIGHTxWIDTH, e.g. 480x640")
     parser.add_argument("--refs", type=at_least(1), default=3, help="number of cached reference frames (default 3)")
@@ -46,19 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _default_out(checkpoint: Path, backend: str, size: tuple[int, int], refs: int) -> Path:
-    return checkpoint.parent / f"{checkpoint.stem}-{backend}-{size[0]}x{size[1]}-r{refs}"
-
-
-def _load(checkpoint: Path):
-    from ..checkpoints import load_model
-
-    if not checkpoint.is_file():
-        raise UserError(f"checkpoint not found: {checkpoint}")
-    try:
-        return load_model(checkpoint)
-    except (FileNotFoundError, ValueError) as error:
-        raise UserError(str(error)) from None
+def _default_out(stem: Path, backend: str, size: tuple[int, int], refs: int) -> Path:
+    return stem.with_name(f"{stem.name}-{backend}-{size[0]}x{size[1]}-r{refs}")
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -78,7 +71,8 @@ def _export_onnx(model, folder: Path, size, refs: int, checkpoint_sha: str, buil
     manifest = export_onnx(model, folder, size[0], size[1], refs, checkpoint_sha256=checkpoint_sha)
     table = tensorrt_operator_table()
     source = f"{table['source']['document']}, TensorRT {table['tensorrt_version']}"
-    problems = {name: check_tensorrt_compatibility(folder / graph["file"]) for name, graph in manifest["graphs"].items()}
+    problems = {name: check_tensorrt_compatibility(folder / graph["file"])
+                for name, graph in manifest["graphs"].items()}
     manifest["tensorrt_compatibility"] = {"operator_table": source, "problems": problems}
     _write_json(folder / "manifest.json", manifest)
     print(f"TensorRT compatibility check ({source}):")
@@ -95,7 +89,7 @@ def _verify_onnx(model, folder: Path, manifest: dict, size, refs: int) -> None:
     import onnxruntime
     import torch
 
-    from ..runtime.export import TEMPORAL_INPUTS, encode_output_names
+    from ..runtime.programs import TEMPORAL_INPUTS, encode_output_names
 
     def session(name):
         return onnxruntime.InferenceSession(str(folder / manifest["graphs"][name]["file"]),
@@ -137,8 +131,8 @@ def _export_tensorrt(model, folder: Path, size, refs: int, checkpoint_sha: str, 
 
     import torch
 
-    from ..runtime.export import example_inputs
     from ..runtime.onnx_export import sha256_file
+    from ..runtime.programs import example_inputs
     from ..runtime.tensorrt_backend import TensorRTBackend, torch_tensorrt_saver
 
     device = torch.device("cuda")
@@ -174,19 +168,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    checkpoint = Path(args.checkpoint)
-    out = args.out if args.out is not None else _default_out(checkpoint, args.backend, args.size, args.refs)
-    if out.exists() and not args.overwrite:
-        raise UserError(f"output folder {out} already exists; pass --overwrite to replace it")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output path {out} exists and is not a folder")
+    if args.out is not None:
+        check_output_folder(args.out, args.overwrite)
     if args.backend == "tensorrt":
         _check_tensorrt_available()
-    model = _load(checkpoint)
+    loaded = open_weights(PROG, args.checkpoint)
+    model = loaded.model
+    out = args.out if args.out is not None else _default_out(output_stem(loaded), args.backend, args.size, args.refs)
+    check_output_folder(out, args.overwrite)
 
     from ..runtime.onnx_export import sha256_file
 
-    checkpoint_sha = sha256_file(checkpoint)
+    checkpoint_sha = sha256_file(loaded.info.checkpoint.file)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:

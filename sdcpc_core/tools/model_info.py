@@ -24,7 +24,7 @@ import argparse
 import json
 import sys
 import textwrap
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints import load_weights, save_weights
-from ..io import atomic_write
+from ..atomic_files import atomic_write
+from ..weights import load_weights, save_weights
 
 CHECKPOINTS_DIR = "checkpoints"
 LATEST = "latest"

@@ -21,11 +21,13 @@ optim.accumulation)`` clips per micro-batch, so one file gives the same optimisa
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import typing
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import yaml
 
@@ -33,6 +35,7 @@ from ..eval.evaluator import EVAL_MODES
 from ..eval.metrics import VC_MODES
 from ..models import model_config
 from ..models.sdcpc import SIZE_MULTIPLE
+from ..options import check_names
 
 DATASETS = ("vspw", "cityscapes", "camvid")
 DEVICES = ("auto", "cpu", "cuda")
@@ -216,20 +219,14 @@ def apply_overrides(data: Mapping, overrides: Iterable[str]) -> dict:
 
 def config_from_dict(data: Mapping, source: str = "config") -> TrainConfig:
     """Builds and validates a ``TrainConfig`` from the YAML structure; ``ConfigError`` on any problem."""
-    unknown = sorted(set(data) - set(SECTIONS))
-    if unknown:
-        raise ConfigError(f"{source}: unknown section(s) {', '.join(map(str, unknown))}; "
-                          f"valid sections: {', '.join(SECTIONS)}")
+    check_names(data, SECTIONS, "section", context=f"{source}: ", error=ConfigError)
     sections = {}
     for name, cls in SECTIONS.items():
         values = data.get(name) or {}
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: section {name} must be a mapping of keys, got {values!r}")
-        valid = [f.name for f in fields(cls)]
-        extra = sorted(set(values) - set(valid))
-        if extra:
-            raise ConfigError(f"{source}: unknown key(s) {', '.join(f'{name}.{k}' for k in map(str, extra))}; "
-                              f"valid keys of {name}: {', '.join(valid)}")
+        check_names(values, [f.name for f in fields(cls)], "key", valid_label=f"valid keys of {name}",
+                    context=f"{source}: ", error=ConfigError, show=lambda key, name=name: f"{name}.{key}")
         hints = typing.get_type_hints(cls)
         sections[name] = cls(**{k: _convert(v, hints[k], f"{name}.{k}") for k, v in values.items()})
     return TrainConfig(**sections)
@@ -257,10 +254,8 @@ def _convert(value: Any, kind: Any, name: str) -> Any:
         return value
     if kind is float:
         if isinstance(value, str):  # YAML 1.1 reads 6e-5 (no dot) as a string
-            try:
+            with contextlib.suppress(ValueError):  # not a number: refused below, with the field's name
                 value = float(value)
-            except ValueError:
-                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config field {name} must be a number, got {value!r}")
         return float(value)

@@ -45,7 +45,7 @@ class RunLog:
         self.path = Path(run_dir) / LOG_FILE
         kept = [r for r in read_log(self.path) if r.get("iter", 0) <= resume_from] if resume_from is not None else []
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
-        self._handle = open(self.path, "a", encoding="utf-8")
+        self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (open for the run; close() closes it)
         self._tensorboard = _tensorboard_writer(Path(run_dir) / "tensorboard")
 
     @property

@@ -41,9 +41,11 @@ def mcp_contrastive_loss(
 
 
 def mcp_pixel_mask(labels: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Pixels MCP-CL uses: labelled, of a class with at least one valid prototype (``labels``'s shape)."""
+    """Pixels MCP-CL uses: labelled, of a class with at least one valid prototype (``labels``'s shape and
+    device; ``valid`` ``(K, M)`` may live elsewhere, e.g. the prototypes on the GPU and the loader's labels
+    on the CPU)."""
     k = valid.shape[0]
-    return (labels != IGNORE_INDEX) & valid.any(dim=1)[labels.clamp(0, k - 1)]
+    return (labels != IGNORE_INDEX) & valid.any(dim=1).to(labels.device)[labels.clamp(0, k - 1)]
 
 
 def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:

@@ -40,7 +40,7 @@ import yaml
 from torch import distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from ..checkpoints import CLASS_KEYS, load_weights, save_weights
+from ..weights import CLASS_KEYS, load_weights, save_weights
 from ..classes import ClassList
 from ..models import build_model
 from ..models.layers import ceil_div

@@ -2,7 +2,7 @@
 
 Modules (import what you use: only ``offline``, ``live`` and ``play`` need rclpy):
 
-* ``io``: reading (``BagReader``) and atomic writing (``BagWriter``) of rosbag2 bags with ``rosbags``;
+* ``bagfiles``: reading (``BagReader``) and atomic writing (``BagWriter``) of rosbag2 bags with ``rosbags``;
 * ``synth``: a synthetic drive as a bag (images, camera_info, ground-truth labels);
 * ``offline``: every frame of a bag through the segment node's pipeline, scored and written;
 * ``play``: publishing a bag into the ROS 2 graph with its recorded timing;

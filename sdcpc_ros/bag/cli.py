@@ -7,6 +7,7 @@ Examples::
     sdcpc-bag eval drive.mcap [--image-topic /camera/image_raw] [--label-topic /camera/labels]
                               [--model sdcpc_b0_synthetic] [--input-size 480x864] [--params-file segment.yaml]
                               [--out drive_eval] [--consistency-mode vspw|corrected] [--overwrite]
+                              [--smoothing none|ema:A|window[:O1,O2,..]]
     sdcpc-bag eval drive.mcap --live [--rate 1.0] [--wait 30]      # segment_node must be running
     sdcpc-bag play drive.mcap [--rate 1.0] [--loop] [--remap /camera/image_raw:=/image] [--topics ...]
 
@@ -18,7 +19,9 @@ running node and scores what it publishes (``sdcpc_ros.bag.live``); both write `
 
 Offline, the node's parameters come from ``--params-file`` (a ROS 2 parameter file such as
 ``config/segment.yaml``; the ``ros__parameters`` of ``/**`` or ``segment_node``), then the options
-``--model``, ``--backend``, ``--device``, ``--precision`` and ``--input-size`` override them.
+``--model``, ``--backend``, ``--device``, ``--precision``, ``--input-size`` and ``--smoothing`` (the
+node's training-free temporal smoothing, ``sdcpc_core.eval.smoothing``: e.g. ``ema:0.5`` or ``window``)
+override them.
 
 Outputs are written under temporary names and renamed when complete; existing outputs are refused
 without ``--overwrite``. User mistakes (a missing topic, a damaged bag, an unsupported encoding, an
@@ -28,11 +31,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 PROG = "sdcpc-bag"
-OFFLINE_OPTIONS = ("model", "backend", "device", "precision", "input_size", "params_file")
+OFFLINE_OPTIONS = ("model", "backend", "device", "precision", "input_size", "params_file", "smoothing")
 LIVE_OPTIONS = ("rate", "wait", "settle", "classes", "domain_id")
 _PARAMETER_SECTIONS = ("/**", "**", "segment_node", "/segment_node")
 Command = Callable[[argparse.Namespace], int]  # a tool's body: parsed arguments in, exit status out
@@ -51,9 +54,9 @@ def positive_number(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     from sdcpc_core.eval.metrics import VC_MODES
-    from sdcpc_core.tools.cli import ToolParser, at_least, image_size
+    from sdcpc_core.tools.cli import ToolParser, at_least, image_size, smoothing
 
-    from .io import DEFAULT_DISTRO, DISTROS, MASK_TOPIC, STORAGES
+    from .bagfiles import DEFAULT_DISTRO, DISTROS, MASK_TOPIC, STORAGES
     from .play import QOS_CHOICES
     from .synth import IMAGE_FORMATS
 
@@ -116,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     offline.add_argument("--precision", default=None, help="fp32, fp16 or bf16 (default fp32)")
     offline.add_argument("--input-size", type=image_size, default=None,
                          help="network input HEIGHTxWIDTH, multiples of 32 (default: the node's, 480x864)")
+    offline.add_argument("--smoothing", type=smoothing, default=None,
+                         help="temporal smoothing of the probabilities: none, ema:A (0 < A <= 1, e.g. ema:0.5) or "
+                              "window[:O1,O2,..] (default: the node's, none)")
     live = evaluate.add_argument_group("live evaluation (--live: a segment_node must be running)")
     live.add_argument("--live", action="store_true", help="play the bag to a running segment_node and score its masks")
     live.add_argument("--rate", type=positive_number, default=None, help="playback rate (default 1: real time)")
@@ -186,10 +192,11 @@ def main(argv: list[str] | None = None) -> int:
 def _synth(args) -> int:
     import dataclasses
 
-    from sdcpc_core.data.synthetic import SyntheticConfig
+    from sdcpc_core.data.synthetic import SyntheticConfig, keep_heap
 
     from .synth import write_synthetic_bag
 
+    keep_heap()  # this command only renders and writes frames: twice as fast
     config = SyntheticConfig.from_yaml(args.config) if args.config is not None else SyntheticConfig()
     changes = {"num_frames": args.frames, "fps": args.fps}
     if args.size is not None:
@@ -224,14 +231,14 @@ def read_params_file(path: Path) -> dict:
 
 def node_config(args):
     """The segment node's ``NodeConfig`` from ``--params-file`` and the option overrides."""
+    from sdcpc_core.options import check_names
+
     from ..parameters import NodeConfig
 
     values = read_params_file(args.params_file) if args.params_file is not None else {}
-    unknown = sorted(set(values) - set(NodeConfig.names()))
-    if unknown:
-        raise ValueError(f"parameter file {args.params_file}: unknown parameter(s) {', '.join(unknown)}; the segment "
-                         f"node's parameters: {', '.join(NodeConfig.names())}")
-    for name in ("model", "backend", "device", "precision"):
+    check_names(values, NodeConfig.names(), "parameter", valid_label="the segment node's parameters",
+                context=f"parameter file {args.params_file}: ")
+    for name in ("model", "backend", "device", "precision", "smoothing"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
     if args.input_size is not None:
@@ -282,7 +289,7 @@ def _play(args) -> int:
     import time
 
     require_ros("sdcpc-bag play")
-    from .io import BagReader
+    from .bagfiles import BagReader
     from .play import BagPlayer, RosSession, parse_remaps
 
     remaps = parse_remaps(args.remap)

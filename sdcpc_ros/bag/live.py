@@ -29,23 +29,23 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from diagnostic_msgs.msg import DiagnosticArray
 import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
 from sdcpc_core.classes import ClassList
 from sdcpc_core.eval.report import write_report
-from sdcpc_core.runtime.streaming import to_rgb
+from sdcpc_core.runtime.image import to_rgb
 
 from ..image_codec import ImageDecodeError, compressed_to_array, image_to_array
 from ..parameters import latched_qos
 from ..pipeline import stamp_to_ns
-from .io import DEFAULT_DISTRO, IMAGE_TYPE, MASK_TOPIC, BagError, BagReader, BagWriter
+from .bagfiles import DEFAULT_DISTRO, IMAGE_TYPE, MASK_TOPIC, BagError, BagReader, BagWriter
 from .play import BagPlayer, RosSession
 from .scoring import BagEvaluation, EvalOutputs, EvalTopics, FrameMatcher, label_array, note, overlay_indices
 

@@ -25,13 +25,13 @@ from rclpy.serialization import deserialize_message, serialize_message
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from sdcpc_core.eval.report import write_report
-from sdcpc_core.runtime.streaming import to_rgb
+from sdcpc_core.runtime.image import to_rgb
 
 from ..diagnostics import NodeStats
 from ..parameters import NodeConfig
 from ..pipeline import Outputs, ProcessedFrame, SegmentPipeline, stamp_to_ns
 from ..segment_node import load_segmenter
-from .io import CAMERA_INFO_TYPE, DEFAULT_DISTRO, IMAGE_TYPE, MASK_TOPIC, BagError, BagReader, BagWriter
+from .bagfiles import CAMERA_INFO_TYPE, DEFAULT_DISTRO, IMAGE_TYPE, MASK_TOPIC, BagError, BagReader, BagWriter
 from .scoring import BagEvaluation, EvalOutputs, EvalTopics, FrameMatcher, label_array, note, overlay_indices
 
 __all__ = ["evaluate_offline"]
@@ -42,7 +42,7 @@ MAX_RESET_NOTES = 10  # buffer resets listed one by one in the report
 class _BagPublisher:
     """Stands in for an rclpy publisher: ``publish`` stores the message in the output bag at ``clock.now``."""
 
-    def __init__(self, bag: BagWriter, topic: str, msgtype: str, clock: "_LogClock") -> None:
+    def __init__(self, bag: BagWriter, topic: str, msgtype: str, clock: _LogClock) -> None:
         self._bag, self._clock = bag, clock
         self._connection = bag.add_topic(topic, msgtype)
 
@@ -96,6 +96,7 @@ def evaluate_offline(bag_path: str | Path, config: NodeConfig, outputs: EvalOutp
         topics = EvalTopics.resolve(reader, image_topic, label_topic, camera_info_topic)
         outputs.check(overwrite)
         segmenter, classes = load_segmenter(config)
+        echo(segmenter.loaded.message)
         total = reader.count(topics.image)
         log, clock, stats = _Log(echo), _LogClock(), NodeStats()
         matcher = FrameMatcher(classes, bag_path.stem, consistency_mode, topics.label is not None,
@@ -163,7 +164,8 @@ def evaluate_offline(bag_path: str | Path, config: NodeConfig, outputs: EvalOutp
     info = _info(bag_path, topics, config, index, processed, stats, resets, seconds, read_s + write_s)
     info["output_bag"] = f"{outputs.bag} ({mask_topic}, {mask_topic}/color"
     info["output_bag"] += f", {mask_topic}/camera_info)" if topics.camera_info else ")"
-    report = matcher.finish(f"{Path(config.model).stem} on {bag_path.name} (offline)", latency, info)
+    smoothed = f" + {config.smoothing}" if config.smoothing != "none" else ""
+    report = matcher.finish(f"{Path(config.model).stem}{smoothed} on {bag_path.name} (offline)", latency, info)
     write_report(report, outputs.report, overwrite=overwrite)
     return BagEvaluation(report, outputs.report, outputs.bag, index, processed, seconds)
 
@@ -197,6 +199,7 @@ def _info(bag_path: Path, topics: EvalTopics, config: NodeConfig, frames: int, p
         "model": config.model, "backend": config.backend, "device": config.device, "precision": config.precision,
         "input_size": f"{config.input_height}x{config.input_width}",
         "reference_offsets": list(config.reference_offsets), "frame_period_s": config.frame_period_s,
+        "smoothing": config.smoothing,
         "frames_in_bag": frames, "frames_processed": processed, "bad_messages": bad or "none",
         "errors": snapshot.errors,
         "buffer_resets": len(resets), "buffer_reset_reasons": notes or "none",

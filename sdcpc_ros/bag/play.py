@@ -16,8 +16,8 @@ from __future__ import annotations
 import importlib
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import rclpy
 from rclpy.context import Context
@@ -25,7 +25,7 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 
-from .io import NS_PER_S, BagError, BagMessage, BagReader
+from .bagfiles import NS_PER_S, BagError, BagMessage, BagReader
 
 __all__ = ["BagPlayer", "PlayResult", "QOS_CHOICES", "RosSession", "message_class", "parse_remaps"]
 
@@ -48,7 +48,7 @@ class RosSession:
         self._executor: SingleThreadedExecutor | None = None
         self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> "RosSession":
+    def __enter__(self) -> RosSession:
         self.context = Context()
         # args=[]: the program's own command line (e.g. "--remap a:=b") is not ROS arguments
         rclpy.init(args=[], context=self.context, domain_id=self.domain_id,
@@ -175,7 +175,7 @@ class BagPlayer:
                 if first_log is None:
                     first_log = message.log_time_ns
                 delay = start + (message.log_time_ns - first_log) / NS_PER_S / rate - time.perf_counter()
-                if stop.is_set() or delay > 0 and stop.wait(delay):
+                if stop.is_set() or (delay > 0 and stop.wait(delay)):
                     break
                 self.publishers[message.topic].publish(message.raw)
                 if on_publish is not None:

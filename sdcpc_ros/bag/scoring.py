@@ -7,7 +7,8 @@
 * ``FrameMatcher``: pairs each camera frame's predicted class ids with the ground-truth label of the
   same header stamp, whatever order the bag stores the two topics in, and scores the pairs in
   camera order (``sdcpc_core.eval``'s scorer: one confusion matrix, per-frame accuracy / mIoU /
-  consistency with the previous scored frame, mVC8 / mVC16). Frames without a label are counted
+  consistency with the previous scored frame, mVC8 / mVC16 and their correct-only variants
+  mVC8_correct / mVC16_correct, over the scored frames in order). Frames without a label are counted
   (``unlabelled``), frames without a prediction (``dropped``: the live node published no mask) too;
   neither is scored.
 """
@@ -23,11 +24,21 @@ import numpy as np
 
 from sdcpc_core.classes import ClassList
 from sdcpc_core.eval.evaluator import CONSISTENCY_WINDOWS, Scorer
-from sdcpc_core.eval.report import EvaluationReport, overlay
+from sdcpc_core.eval.report import EvaluationReport, OverlayFrame
 
 from ..image_codec import ImageDecodeError, image_to_array
-from .io import (CAMERA_INFO_TOPIC, CAMERA_INFO_TYPE, COMPRESSED_TOPIC, COMPRESSED_TYPE, IMAGE_TOPIC, IMAGE_TYPE,
-                 LABEL_TOPIC, BagError, BagReader, check_output)
+from .bagfiles import (
+    CAMERA_INFO_TOPIC,
+    CAMERA_INFO_TYPE,
+    COMPRESSED_TOPIC,
+    COMPRESSED_TYPE,
+    IMAGE_TOPIC,
+    IMAGE_TYPE,
+    LABEL_TOPIC,
+    BagError,
+    BagReader,
+    check_output,
+)
 
 __all__ = ["BagEvaluation", "EvalOutputs", "EvalTopics", "FrameMatcher", "frame_ranges", "label_array", "note",
            "overlay_indices", "summary_numbers"]
@@ -48,7 +59,7 @@ class EvalTopics:
 
     @classmethod
     def resolve(cls, reader: BagReader, image: str | None = None, label: str | None = None,
-                camera_info: str | None = None) -> "EvalTopics":
+                camera_info: str | None = None) -> EvalTopics:
         """Topics of ``reader``'s bag: the given names (which must exist with a usable type), or, when None,
         the defaults present in the bag (``/camera/image_raw`` then ``/camera/image_raw/compressed``,
         ``/camera/labels``, ``/camera/camera_info``); an empty name switches labels / camera_info off."""
@@ -80,7 +91,7 @@ class EvalOutputs:
     bag: Path
 
     @classmethod
-    def under(cls, folder: str | Path, storage: str = "mcap") -> "EvalOutputs":
+    def under(cls, folder: str | Path, storage: str = "mcap") -> EvalOutputs:
         folder = Path(folder)
         return cls(folder / "report", folder / f"semantic_mask.{'db3' if storage == 'sqlite3' else 'mcap'}")
 
@@ -119,7 +130,7 @@ def frame_ranges(indices: list[int]) -> str:
     if not indices:
         return "none"
     parts, start = [], indices[0]
-    for previous, current in zip(indices, indices[1:] + [None]):
+    for previous, current in zip(indices, [*indices[1:], None]):
         if current != previous + 1:
             parts.append(str(start) if start == previous else f"{start}-{previous}")
             start = current
@@ -148,7 +159,7 @@ class FrameMatcher:
         self.where = f", {where}" if where else ""  # names the bag and label topic in errors
         self.labelled = labelled
         self.scorer = Scorer(classes, consistency_mode, set(), None)
-        self.overlays: list[np.ndarray] = []
+        self.overlays: list[OverlayFrame] = []
         self.unlabelled: list[int] = []
         self.dropped: list[int] = []
         self.orphan_labels = 0  # labels whose stamp no image has
@@ -196,8 +207,7 @@ class FrameMatcher:
         except ValueError as error:  # label values that are neither class ids nor ignore
             raise BagError(f"frame {frame.index} (stamp {frame.stamp_ns} ns{self.where}): {error}") from None
         if frame.image is not None:
-            self.overlays.append(np.concatenate([overlay(frame.image, label, self.classes),
-                                                 overlay(frame.image, frame.prediction, self.classes)], axis=1))
+            self.overlays.append(OverlayFrame.create(frame.image, label, frame.prediction, f"frame {frame.index}"))
 
     @property
     def scored(self) -> int:
@@ -215,7 +225,7 @@ class FrameMatcher:
         if not self.labelled:
             info["note"] = "the bag has no label topic: nothing is scored (pass --label-topic)"
         if self.overlays:
-            info["overlays"] = f"{len(self.overlays)} frames, ground truth left, prediction right"
+            info["overlays"] = f"{len(self.overlays)} frames: ground truth | prediction | errors"
         scorer = self.scorer
         return EvaluationReport(title=title, classes=self.classes, confusion=scorer.confusion,
                                 consistency=scorer.video_consistency(), consistency_mode=scorer.consistency_mode,
@@ -241,7 +251,9 @@ class BagEvaluation:
 
 
 def summary_numbers(report: EvaluationReport) -> dict[str, float]:
-    """mIoU, mVC8, mVC16 in percent (NaN when undefined) for summary lines."""
+    """mIoU, mVC8, mVC16, mVC8_correct, mVC16_correct in percent (NaN when undefined) for summary lines."""
     values = {"mIoU": 100.0 * report.confusion.miou()}
-    values.update({f"mVC{n}": 100.0 * report.consistency.get(f"mVC{n}", math.nan) for n in CONSISTENCY_WINDOWS})
+    for suffix in ("", "_correct"):
+        values.update({f"mVC{n}{suffix}": 100.0 * report.consistency.get(f"mVC{n}{suffix}", math.nan)
+                       for n in CONSISTENCY_WINDOWS})
     return values

@@ -27,8 +27,18 @@ import numpy as np
 from sdcpc_core.data.synthetic import SyntheticConfig, SyntheticDrive
 
 from ..image_codec import array_to_image_fields
-from .io import (CAMERA_INFO_TOPIC, CAMERA_INFO_TYPE, COMPRESSED_TOPIC, COMPRESSED_TYPE, DEFAULT_DISTRO, IMAGE_TOPIC,
-                 IMAGE_TYPE, LABEL_TOPIC, NS_PER_S, BagWriter)
+from .bagfiles import (
+    CAMERA_INFO_TOPIC,
+    CAMERA_INFO_TYPE,
+    COMPRESSED_TOPIC,
+    COMPRESSED_TYPE,
+    DEFAULT_DISTRO,
+    IMAGE_TOPIC,
+    IMAGE_TYPE,
+    LABEL_TOPIC,
+    NS_PER_S,
+    BagWriter,
+)
 
 __all__ = ["IMAGE_FORMATS", "SynthResult", "write_synthetic_bag"]
 

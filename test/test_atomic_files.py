@@ -1,10 +1,10 @@
-"""sdcpc_core.io.atomic_write: all or nothing, with ordinary file permissions."""
+"""sdcpc_core.atomic_files.atomic_write: all or nothing, with ordinary file permissions."""
 import os
 import stat
 
 import pytest
 
-from sdcpc_core.io import atomic_write
+from sdcpc_core.atomic_files import atomic_write
 
 
 def _write_text(text):
