@@ -112,6 +112,7 @@ setup(
         'console_scripts': [
             'sdcpc-model-info = sdcpc_core.tools.model_info:main',
             'sdcpc-export = sdcpc_core.tools.export:main',
+            'sdcpc-convert = sdcpc_core.tools.convert:main',
             'sdcpc-synth = sdcpc_core.tools.synth:main',
             'sdcpc-train = sdcpc_core.tools.train:main',
             'sdcpc-eval = sdcpc_core.tools.evaluate:main',
