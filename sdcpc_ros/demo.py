@@ -13,9 +13,12 @@
    (``sdcpc_ros.bag.live``);
 4. stops the node (SIGINT, a wait, then SIGKILL if it hangs; in every case, errors included) and
    leaves in ``OUT``: ``report/`` (``report.md``, ``report.json``, per-class IoU, latency and
-   per-frame plots, ``overlays.png``: ground truth | prediction), ``semantic_mask.mcap`` (the
-   node's masks as recorded), ``drive.mcap`` and ``node.log``;
-5. prints a short summary: frames, mIoU, mVC8, latency p50 / p95, frames dropped.
+   per-frame plots, ``overlays.png``: ground truth | prediction | errors with a legend of the class
+   colours), ``semantic_mask.mcap`` (the node's masks as recorded), ``drive.mcap`` and ``node.log``;
+5. prints a short summary (``summary_lines``): frames, frames dropped, mIoU, mVC8 and mVC8_correct
+   (over the frames the node answered, in order: not consecutive camera frames when it dropped
+   some), latency p50 / p95, the classes the drive's ground truth never contains (left out of mIoU)
+   and the weakest classes.
 
 Real time is the point: the node runs as on a robot, with ``process_every_frame`` false, so while it
 is busy with a frame the newer ones replace each other in its one-slot queue and only the newest is
@@ -124,7 +127,7 @@ def run(args) -> int:
 
     require_ros("the demo")
     from .bag.live import evaluate_live
-    from .bag.scoring import EvalOutputs, summary_numbers
+    from .bag.scoring import EvalOutputs
     from .bag.synth import write_synthetic_bag
 
     began = time.perf_counter()
@@ -145,19 +148,34 @@ def run(args) -> int:
         result = evaluate_live(drive.path, EvalOutputs.under(out), rate=args.rate, wait_s=120.0,
                                consistency_mode=args.consistency_mode, overwrite=True, domain_id=domain_id,
                                alive=node.check, progress=args.progress)
-    report, info = result.report, result.report.info
-    numbers = summary_numbers(report)
-    latency = report.latency_summary().get("end_to_end", {})
-    print(f"demo summary: {result.frames} frames played at rate {args.rate:g} "
-          f"({'real time' if args.rate == 1 else 'slower than real time' if args.rate < 1 else 'faster'}), "
-          f"{info['frames_segmented']} segmented, {info['frames_dropped']} dropped by the node, "
-          f"{info['frames_scored']} scored")
-    print(f"  mIoU {numbers['mIoU']:.1f}  mVC8 {numbers['mVC8']:.1f} ({report.consistency_mode})  latency p50 "
-          f"{latency.get('p50', float('nan')):.0f} ms  p95 {latency.get('p95', float('nan')):.0f} ms "
-          "(frame published -> mask received)")
+    for line in summary_lines(result, args.rate):
+        print(line)
     files = [result.report_dir / "report.md", result.report_dir / "overlays.png", result.output_bag, drive.path]
     print(f"  outputs: {', '.join(str(f) for f in files if f.exists())}; {time.perf_counter() - began:.0f} s in all")
     return 0
+
+
+def summary_lines(result, rate: float, weakest: int = 3) -> list[str]:
+    """The demo's summary of a live evaluation (``sdcpc_ros.bag.scoring.BagEvaluation``) played at ``rate``."""
+    from .bag.scoring import summary_numbers
+
+    report, info = result.report, result.report.info
+    numbers = summary_numbers(report)
+    latency = report.latency_summary().get("end_to_end", {})
+    pace = "real time" if rate == 1 else "slower than real time" if rate < 1 else "faster than real time"
+    absent = report.absent_classes()
+    low = ", ".join(f"{name} {iou:.1f}" for name, iou in report.weakest_classes(weakest)) or "none (nothing scored)"
+    return [
+        f"demo summary: {result.frames} frames played at rate {rate:g} ({pace}), {info['frames_segmented']} segmented, "
+        f"{info['frames_dropped']} dropped by the node, {info['frames_scored']} scored",
+        f"  mIoU {numbers['mIoU']:.1f}  mVC8 {numbers['mVC8']:.1f}  mVC8_correct {numbers['mVC8_correct']:.1f} "
+        f"({report.consistency_mode}); mVC is over the {info['frames_scored']} frames the node answered, in order, "
+        f"not over consecutive camera frames (the {info['frames_dropped']} it dropped are skipped)",
+        f"  latency p50 {latency.get('p50', float('nan')):.0f} ms  p95 {latency.get('p95', float('nan')):.0f} ms "
+        "(frame published -> mask received)",
+        "  classes: " + (f"the ground truth never contains {', '.join(absent)} (left out of mIoU)" if absent
+                         else "every class occurs in the ground truth") + f"; weakest IoU: {low}",
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -252,3 +252,20 @@ def test_cli_user_errors_are_one_sentence(case, expected, checkpoint, vspw_root,
     err = capsys.readouterr().err.strip()
     assert err.startswith("sdcpc-eval: error: ") and expected in err and "\n" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_smoothing_implies_streaming_and_names_itself(checkpoint, vspw_root, tmp_path, capsys):
+    out = tmp_path / "ema"
+    assert main(["--checkpoint", str(checkpoint), "--data", str(vspw_root), "--short-side", str(SHORT_SIDE),
+                 "--max-videos", "1", "--overlays", "0", "--smoothing", "EMA:0.5", "--out", str(out)]) == 0
+    summary = json.loads((out / "report.json").read_text())
+    assert summary["title"] == "tiny + ema:0.5 on vspw val (streaming)"
+    assert summary["info"]["mode"] == "streaming" and summary["info"]["smoothing"] == "ema:0.5"
+    assert set(summary["consistency"]) == {"mVC8", "mVC16", "mVC8_correct", "mVC16_correct"}
+    assert "mVC8_correct" in capsys.readouterr().out
+
+    assert main(["--checkpoint", str(checkpoint), "--data", str(vspw_root), "--smoothing", "ema:2",
+                 "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "argument --smoothing: smoothing 'ema:2' is not valid: the EMA factor must be a number in (0, 1]" in err
+    assert "\n" not in err and not (tmp_path / "bad").exists()

@@ -110,3 +110,46 @@ def test_overlay_blends_classes_and_keeps_ignored_pixels():
         overlay(image, labels[:1], classes)
     with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8 RGB image"):
         overlay(image[..., 0], labels, classes)
+
+
+def test_error_map_marks_wrong_and_unlabelled_pixels():
+    from sdcpc_core.eval.report import OverlayFrame, error_map
+
+    classes = ClassList.generic(3)
+    image = np.full((2, 3, 3), 100, np.uint8)
+    labels, prediction = np.array([[0, 1, 255], [2, 2, 0]], np.uint8), np.array([[0, 2, 1], [2, 0, 0]], np.uint8)
+    frame = OverlayFrame(image, labels, prediction)
+    out = error_map(frame, classes)
+    wrong, ignore = (230, 30, 30), (90, 140, 230)
+    assert [tuple(out[0, 1]), tuple(out[1, 1])] == [wrong, wrong]  # 1 -> 2 and 2 -> 0
+    assert tuple(out[0, 2]) == ignore  # no class in the ground truth, whatever the prediction
+    assert tuple(out[0, 0]) == tuple(out[1, 0]) == tuple(out[1, 2]) == (60, 60, 60)  # right: the image, dimmed grey
+    with pytest.raises(ValueError, match="labels and prediction of the image size"):
+        OverlayFrame(image, frame.labels[:1], frame.prediction)
+
+
+def test_overlay_frames_are_subsampled_and_drawn_with_titles_and_a_legend(tmp_path):
+    from sdcpc_core.eval.report import OverlayFrame
+
+    rng = np.random.default_rng(0)
+    wide = OverlayFrame.create(rng.integers(0, 255, (400, 1300, 3), dtype=np.uint8), np.zeros((400, 1300), np.uint8),
+                               np.ones((400, 1300), np.uint8), "video a frame 3")
+    assert wide.image.shape == (134, 434, 3) and wide.labels.shape == wide.prediction.shape == (134, 434)  # every 3rd
+    small = OverlayFrame.create(np.full((40, 80, 3), 90, np.uint8), np.zeros((40, 80), np.uint8),
+                                np.zeros((40, 80), np.uint8))
+    report = _report()
+    report.overlays = [wide, small]
+    folder = write_report(report, tmp_path / "r", overlays=[np.full((20, 60, 3), 30, np.uint8)])  # a plain image too
+    assert (folder / "overlays.png").read_bytes()[:8] == PNG_MAGIC
+    from matplotlib.image import imread
+
+    drawn = imread(folder / "overlays.png")
+    assert drawn.shape[1] > drawn.shape[0] > 400  # three panels per frame, three rows and the legend
+
+
+def test_absent_and_weakest_classes():
+    report = _report()  # IoU: class_0 50, class_1 66.7, class_2 absent from the ground truth
+    assert report.absent_classes() == ["class_2"]
+    assert report.weakest_classes(1) == [("class_0", pytest.approx(50.0))]
+    assert [name for name, _ in report.weakest_classes(5)] == ["class_0", "class_1"]
+    assert "mVCn_correct" in report.summary()["consistency_definition"]

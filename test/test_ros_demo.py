@@ -106,3 +106,30 @@ def test_node_process_reports_a_failed_start(tmp_path, demo_env):
         while node.process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
         node.check()
+
+
+def test_demo_summary_names_absent_and_weak_classes_and_what_mvc_covers():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from sdcpc_core.eval.metrics import ConfusionMatrix
+    from sdcpc_core.eval.report import EvaluationReport
+
+    confusion = ConfusionMatrix(len(SYNTHETIC_CLASSES))
+    road, car, person = (SYNTHETIC_CLASSES.names.index(n) for n in ("road", "car", "person"))
+    # road right 9 of 10 times (once called car), car right 1 of 2, person never: IoU car 1/3, person 0
+    confusion.update(np.array([road] * 10 + [car] * 2 + [person]), np.array([road] * 9 + [car, car, road, road]))
+    report = EvaluationReport("demo", SYNTHETIC_CLASSES, confusion,
+                              {"mVC8": 0.9, "mVC16": 0.8, "mVC8_correct": 0.7, "mVC16_correct": 0.6}, "corrected",
+                              [], latency_ms={"end_to_end": [40.0, 60.0]},
+                              info={"frames_segmented": 12, "frames_dropped": 8, "frames_scored": 12})
+    lines = demo.summary_lines(SimpleNamespace(frames=20, report=report), rate=1.0, weakest=2)
+    text = "\n".join(lines)
+    assert lines[0] == ("demo summary: 20 frames played at rate 1 (real time), 12 segmented, 8 dropped by the node, "
+                        "12 scored")
+    assert "mVC8 90.0  mVC8_correct 70.0 (corrected)" in text
+    assert "over the 12 frames the node answered, in order, not over consecutive camera frames" in text
+    absent = [n for n in SYNTHETIC_CLASSES.names if n not in ("road", "car", "person")]
+    assert f"the ground truth never contains {', '.join(absent)} (left out of mIoU)" in text
+    assert "weakest IoU: person 0.0, car 33.3" in text

@@ -321,3 +321,101 @@ def test_parse_seeds():
     assert synth.parse_seeds("12") == [12]
     with pytest.raises(ValueError, match="got 'a-b'"):
         synth.parse_seeds("a-b")
+
+
+# ------------------------------------------------------------------------- scene light, lens, presets
+# SHA-256 over image and label bytes of every frame of two 48x96 six-frame drives (seed 3 at the defaults,
+# seed 11 with frequent corruptions), recorded before the scene-light and vignetting knobs existed. The
+# float arithmetic of OpenCV and numpy may differ in the last bit on other versions, so the comparison
+# runs on the versions the digests were recorded with.
+GOLDEN_VERSIONS = ("2.4.6", "5.1.0")  # numpy, OpenCV
+GOLDEN = {3: ({}, "5b60a82608c791ff8a77dde61d32f150d960d6916ec731ec8a76807929b37b8b"),
+          11: (dict(p_noise=0.5, p_blur=0.5, p_flicker=0.5, p_occlusion=0.5),
+               "9de7dfef9c58da51a3d4cba8d0b051b51afa96ba4ed3aedc8fd39692f47c1822")}
+
+
+@pytest.mark.parametrize("seed", sorted(GOLDEN))
+def test_default_knobs_render_existing_seeds_bit_identically(seed):
+    import hashlib
+
+    import cv2
+
+    if (np.__version__, cv2.__version__) != GOLDEN_VERSIONS:
+        pytest.skip(f"digests recorded with numpy {GOLDEN_VERSIONS[0]} / OpenCV {GOLDEN_VERSIONS[1]}; this is "
+                    f"numpy {np.__version__} / OpenCV {cv2.__version__}")
+    overrides, expected = GOLDEN[seed]
+    drive = SyntheticDrive(SyntheticConfig(height=48, width=96, num_frames=6, **overrides), seed)
+    digest = hashlib.sha256()
+    for index in range(len(drive)):
+        frame = drive.frame(index)
+        digest.update(frame.image.tobytes())
+        digest.update(frame.labels.tobytes())
+    assert digest.hexdigest() == expected
+
+
+def test_explicit_default_light_is_the_default():
+    explicit = tiny(**CLEAN, brightness=(1, 1), contrast=(1, 1), color_cast=(1, 1, 1), vignetting=0)
+    assert explicit == tiny(**CLEAN)
+    assert same_frame(SyntheticDrive(explicit, 4).frame(3), SyntheticDrive(tiny(**CLEAN), 4).frame(3))
+
+
+def test_scene_light_and_vignetting_change_the_image_but_not_the_labels():
+    base = SyntheticDrive(tiny(**CLEAN, noise_sigma=0.0), 4).frame(3)
+    dusk = SyntheticDrive(tiny(**CLEAN, noise_sigma=0.0, brightness=(0.4, 0.4), color_cast=(1.2, 1.0, 0.7)), 4).frame(3)
+    np.testing.assert_array_equal(dusk.labels, base.labels)
+    ratio = dusk.image.reshape(-1, 3).mean(0) / base.image.reshape(-1, 3).mean(0)
+    assert 0.4 < ratio[0] < 0.55 and 0.35 < ratio[1] < 0.45 and 0.25 < ratio[2] < 0.33  # gain x cast, rounded
+    flat = SyntheticDrive(tiny(**CLEAN, noise_sigma=0.0, contrast=(0.5, 0.5)), 4).frame(3)
+    assert flat.image.astype(float).std() < 0.6 * base.image.astype(float).std()
+    vignette = SyntheticDrive(tiny(**CLEAN, noise_sigma=0.0, vignetting=0.5), 4).frame(3)
+    loss = 1 - vignette.image.astype(float) / np.maximum(base.image.astype(float), 1)
+    corner, centre = loss[:8, :8][base.image[:8, :8] > 40].mean(), loss[28:36, 60:68].mean()
+    assert corner > 0.35 and abs(centre) < 0.05
+
+
+def test_each_video_draws_its_own_light_from_the_ranges():
+    config = tiny(**CLEAN, noise_sigma=0.0, brightness=(0.3, 1.0))
+    means = [SyntheticDrive(config, seed).frame(0).image.mean() / SyntheticDrive(tiny(**CLEAN, noise_sigma=0.0),
+                                                                                seed).frame(0).image.mean()
+             for seed in range(4)]
+    assert all(0.28 < m < 1.02 for m in means) and max(means) - min(means) > 0.1
+
+
+@pytest.mark.parametrize("field, value, accepted", [
+    ("brightness", (0.0, 1.0), r"a range \(low, high\) within \[0.05, 4\]"),
+    ("contrast", (1.5, 1.0), r"a range \(low, high\) within \[0.2, 2\]"),
+    ("color_cast", (1.0, 1.0), "a list of 3 floats"),
+    ("color_cast", (1.0, 5.0, 1.0), r"three gains \(red, green, blue\) in \[0.2, 3\]"),
+    ("vignetting", 1.0, r"in \[0, 0.9\]"),
+])
+def test_invalid_light_and_lens_values_name_the_field(field, value, accepted):
+    with pytest.raises(ValueError, match=f"SyntheticConfig.{field} must be {accepted}"):
+        SyntheticConfig(**{field: value})
+
+
+def test_shifted_preset_documents_every_change_and_renders(tmp_path, capsys):
+    import re
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "config" / "synthetic" / "shifted.yaml"
+    shifted, default = SyntheticConfig.from_yaml(path), SyntheticConfig()
+    lines = [line for line in path.read_text().splitlines() if line and not line.startswith("#")]
+    changed = []
+    for line in lines:
+        key = line.split(":")[0]
+        changed.append(key)
+        assert getattr(shifted, key) != getattr(default, key), key
+        bracket = re.search(r"#\s*\[([^\]]*)\]", line)  # the default, written in brackets
+        assert bracket, f"{key}: no [default] in its comment"
+        value = getattr(default, key)
+        assert [float(v) for v in bracket.group(1).split(",")] == [float(v) for v in np.atleast_1d(value)], key
+    # lighting, traffic, camera height and lens, corruptions all shift
+    assert {"brightness", "contrast", "color_cast", "cars_per_100m", "persons_per_100m", "camera_height",
+            "hfov_deg", "vignetting", "p_noise", "p_occlusion"} <= set(changed)
+    out = tmp_path / "x"
+    code, _, stderr = run_cli([out, "--val-seeds", "3000-3001", "--frames", "3", "--size", "48x96", "--config",
+                               path], capsys)
+    assert code == 0, stderr
+    recorded = SyntheticConfig.from_yaml(out / "synthetic.yaml")
+    assert recorded.brightness == shifted.brightness and recorded.num_frames == 3
+    assert len(VSPWDataset(str(out), "val")) == sum(len(list(SyntheticDrive(recorded, s))) for s in (3000, 3001))

@@ -25,13 +25,13 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic_files import replace_path, staging_folder
 from ..classes import ClassList
 from .metrics import VC_MODES, ConfusionMatrix
 
@@ -162,7 +162,8 @@ class EvaluationReport:
         return [name for name, here in zip(self.classes.names, present) if not here]
 
     def weakest_classes(self, count: int = 3) -> list[tuple[str, float]]:
-        """Up to ``count`` classes present in the ground truth with the lowest IoU, as ``(name, IoU %)``, lowest first."""
+        """Up to ``count`` classes present in the ground truth with the lowest IoU, as ``(name, IoU %)``, lowest
+        first."""
         iou = self.confusion.iou()
         order = [i for i in np.argsort(np.nan_to_num(iou, nan=np.inf), kind="stable") if not np.isnan(iou[i])]
         return [(self.classes.names[i], _percent(iou[i])) for i in order[:count]]
@@ -346,16 +347,19 @@ def _plot_overlays(items: Sequence, classes: ClassList, path: Path) -> None:
     shown = sorted({int(v) for f in frames for v in np.union1d(f.labels, f.prediction) if 0 <= v < len(classes)})
     handles = [Patch(facecolor=np.asarray(classes.classes[i].color) / 255.0, edgecolor="black", linewidth=0.4,
                      label=classes.names[i]) for i in shown]
+    unlabelled = any(np.any((f.labels < 0) | (f.labels >= len(classes))) for f in frames)
     if frames:
-        handles += [Patch(facecolor=np.asarray(color) / 255.0, edgecolor="black", linewidth=0.4, label=f"error map: {name}")
-                    for name, color in _ERROR_COLORS.items()]
+        handles += [Patch(facecolor=np.asarray(color) / 255.0, edgecolor="black", linewidth=0.4,
+                          label=f"error map: {name}") for name, color in _ERROR_COLORS.items()
+                    if name == "wrong" or unlabelled]
     legend_columns = max(1, min(len(handles), int(columns * 1.6 * aspect)))
-    legend_height = 0.3 * math.ceil(len(handles) / legend_columns) + 0.2 if handles else 0.0
-    width = _OVERLAY_PANEL_HEIGHT * aspect * columns
-    height = (_OVERLAY_PANEL_HEIGHT + 0.45) * len(items) + legend_height
+    legend_height = 0.25 * math.ceil(len(handles) / legend_columns) + 0.15 if handles else 0.0
+    panel, title = _OVERLAY_PANEL_HEIGHT, 0.3  # inches: image height, title line above each row
+    width = panel * aspect * columns * 1.03
+    height = (panel + title) * len(items) + legend_height
     figure = _figure(width, height)
-    grid = GridSpec(len(items), columns, figure=figure, left=0.01, right=0.99, top=1 - 0.1 / height,
-                    bottom=(legend_height + 0.05) / height, hspace=0.35, wspace=0.03)
+    grid = GridSpec(len(items), columns, figure=figure, left=0.005, right=0.995, top=1 - title / height,
+                    bottom=legend_height / height, hspace=title / panel, wspace=0.02)
     for row, item in enumerate(items):
         if not isinstance(item, OverlayFrame):
             axes = figure.add_subplot(grid[row, :])
@@ -420,8 +424,7 @@ def write_report(report: EvaluationReport, folder: str | os.PathLike, *, overwri
             continue
         if np.asarray(image).ndim != 3 or np.asarray(image).shape[2] != 3 or np.asarray(image).dtype != np.uint8:
             raise ValueError(f"overlay image {i} must be an OverlayFrame or (H, W, 3) uint8, got {np.shape(image)}")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    staging = staging_folder(folder)  # mode 0777 & ~umask, as the published folder must have
     try:
         plots = ["per_class_iou.png", "per_frame.png"]
         _plot_per_class_iou(report, staging / plots[0])
@@ -436,24 +439,8 @@ def write_report(report: EvaluationReport, folder: str | os.PathLike, *, overwri
                     "class_names": report.classes.names, "frames": _json_value(report.frames)}
         (staging / "report.json").write_text(json.dumps(document, indent=1, allow_nan=False) + "\n", encoding="utf-8")
         (staging / "report.md").write_text(report.markdown(plots), encoding="utf-8")
-        _replace_folder(staging, folder)
+        replace_path(staging, folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return folder
-
-
-def _replace_folder(staging: Path, folder: Path) -> None:
-    """Renames ``staging`` to ``folder``; an existing ``folder`` is moved aside first and removed after."""
-    if not folder.exists():
-        staging.replace(folder)
-        return
-    retired = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.old."))
-    folder.replace(retired / folder.name)
-    try:
-        staging.replace(folder)
-    except BaseException:
-        (retired / folder.name).replace(folder)
-        raise
-    finally:
-        shutil.rmtree(retired, ignore_errors=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
-from ..eval.smoothing import SMOOTHING_SYNTAX, parse_smoothing
+from ..eval.smoothing import SMOOTHING_SYNTAX, is_smoothing
 from ..models.sdcpc import SIZE_MULTIPLE
 from .image import OUTPUT_RESOLUTIONS, RESIZE_MODES
 
@@ -47,7 +47,7 @@ class StreamingConfig:
             ("max_entries", self.max_entries is None or (
                 isinstance(self.max_entries, int) and not isinstance(self.max_entries, bool) and self.max_entries >= 1),
              "an integer >= 1 or null (automatic)"),
-            ("smoothing", _parses(self.smoothing), SMOOTHING_SYNTAX),
+            ("smoothing", is_smoothing(self.smoothing), SMOOTHING_SYNTAX),
         ]
         for name, ok, accepted in checks:
             if not ok:
@@ -66,14 +66,6 @@ class StreamingConfig:
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
-
-
-def _parses(smoothing) -> bool:
-    try:
-        parse_smoothing(smoothing)
-    except ValueError:
-        return False
-    return True
 
 
 def _positive(value) -> bool:

@@ -78,9 +78,11 @@ class StreamingSegmenter:
     """Frame-by-frame semantic segmentation with a time-keyed reference buffer.
 
     ``StreamingSegmenter(model, config=None, backend="eager", device="cpu", precision="fp32",
-    encoding="rgb8", **options)``: ``options`` are ``StreamingConfig`` fields (they override
-    ``config``); ``backend`` is a name for ``create_backend`` or a ready ``Backend`` (then ``device``
-    and ``precision`` are the back end's). The model is moved / cast in place by the back end.
+    encoding="rgb8", backend_options=None, **options)``: ``options`` are ``StreamingConfig`` fields (they
+    override ``config``); ``backend`` is a name for ``create_backend`` or a ready ``Backend`` (then
+    ``device`` and ``precision`` are the back end's); ``backend_options`` are more keyword options of the
+    named back end (``backends.backend_options`` builds them from the node's settings). The model is moved /
+    cast in place by the back end.
     ``from_checkpoint`` builds one from a shipped model name or any weights a user has (see there).
     """
 
@@ -88,7 +90,7 @@ class StreamingSegmenter:
 
     def __init__(self, model: SDCPC | None = None, config: StreamingConfig | None = None,
                  backend: str | Backend = "eager", device: str | torch.device = "cpu", precision: str = "fp32",
-                 encoding: str = "rgb8", **options) -> None:
+                 encoding: str = "rgb8", backend_options: dict | None = None, **options) -> None:
         require_opencv("StreamingSegmenter")
         check_names(options, StreamingConfig.field_names(), "streaming option", valid_label="valid options")
         config = config if config is not None else StreamingConfig()
@@ -104,7 +106,7 @@ class StreamingSegmenter:
             if model is None:
                 raise ValueError("StreamingSegmenter needs a model (or a ready Backend)")
             self.backend = create_backend(backend, model, self.config.input_size, device=device, precision=precision,
-                                          num_refs=len(self.config.reference_offsets))
+                                          num_refs=len(self.config.reference_offsets), **(backend_options or {}))
         self.model = self.backend.model
         self.device = self.backend.device
         self.num_classes = self.model.num_classes

@@ -38,6 +38,10 @@ from ..models.sdcpc import SIZE_MULTIPLE
 from ..options import check_names
 
 DATASETS = ("vspw", "cityscapes", "camvid")
+# The model's trainable parts (its top-level modules; ``prototypes`` holds buffers only); the last four
+# exist in SD-CPC variants only.
+MODEL_PARTS = ("backbone", "decode_head", "ssea", "dssa", "temporal_classifier", "projector")
+TEMPORAL_PARTS = MODEL_PARTS[2:]
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -53,6 +57,7 @@ class ModelSection:
     variant: str = "sdcpc_b1"  # build_model variant: sdcpc_b0..b5, sdcpc_r101, segformer_b0..b5
     options: dict = field(default_factory=dict)  # SDCPCConfig overrides, e.g. {window: 9, drop_path_rate: 0.0}
     init_from: str = ""  # weights to start from (HF SegFormer folder, NVlabs/mmseg .pth, ours); "" = random
+    freeze: tuple[str, ...] = ()  # parts kept as loaded (no gradient, eval-mode BN / dropout): backbone, decode_head..
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,7 @@ class OptimSection:
 
     lr: float = 6e-5  # base learning rate (the backbone's)
     head_lr_mult: float = 10.0  # learning-rate factor of everything outside the backbone
+    part_lr_mult: dict = field(default_factory=dict)  # factor per model part, replacing the above: {backbone: 0.1}
     weight_decay: float = 0.01  # AdamW weight decay (none on norm layers and position embeddings)
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas
     eps: float = 1e-8  # AdamW epsilon
@@ -332,9 +338,32 @@ def _validate(config: TrainConfig) -> None:
         raise ConfigError("config field runtime.precision fp16 needs runtime.device cuda (or auto); use fp32 or bf16 "
                           "on the CPU")
     try:  # the model options are checked by the model's own config (num_classes comes from the class list)
-        model_config(m.variant, 1, **m.options)
+        temporal = model_config(m.variant, 1, **m.options).temporal
     except (TypeError, ValueError) as error:
         raise ConfigError(f"config field model.variant / model.options: {error}") from None
+    _check_parts(m, o, temporal)
+
+
+def _check_parts(m: ModelSection, o: OptimSection, temporal: bool) -> None:
+    """``model.freeze`` and ``optim.part_lr_mult`` name parts the variant has, and leave something to train."""
+    parts = MODEL_PARTS if temporal else MODEL_PARTS[:2]
+    kind = "SD-CPC" if temporal else "per-frame"
+    for field_name, names in (("model.freeze", m.freeze), ("optim.part_lr_mult", list(o.part_lr_mult))):
+        for name in names:
+            if name not in parts:
+                raise ConfigError(f"config field {field_name} names {name!r}, which is not a part of the {kind} "
+                                  f"variant {m.variant}; its parts: {', '.join(parts)}")
+    if len(set(m.freeze)) != len(m.freeze):
+        raise ConfigError(f"config field model.freeze names a part twice: {list(m.freeze)!r}")
+    if set(parts) <= set(m.freeze):
+        raise ConfigError(f"config field model.freeze freezes every part of {m.variant} ({', '.join(parts)}); "
+                          "leave at least one to train")
+    for name, value in o.part_lr_mult.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"config field optim.part_lr_mult.{name} must be a number > 0, got {value!r}")
+        if name in m.freeze:
+            raise ConfigError(f"config field optim.part_lr_mult sets a rate for {name}, which model.freeze freezes; "
+                              "drop one of the two")
 
 
 def _plain(value: Any) -> Any:
@@ -345,6 +374,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-__all__ = ["ConfigError", "DATASETS", "DataSection", "LossSection", "ModelSection", "OptimSection", "RuntimeSection",
-           "SECTIONS", "ScheduleSection", "TrainConfig", "ValSection", "apply_overrides", "config_from_dict",
-           "load_config"]
+__all__ = ["ConfigError", "DATASETS", "MODEL_PARTS", "TEMPORAL_PARTS", "DataSection", "LossSection", "ModelSection",
+           "OptimSection", "RuntimeSection", "SECTIONS", "ScheduleSection", "TrainConfig", "ValSection",
+           "apply_overrides", "config_from_dict", "load_config"]

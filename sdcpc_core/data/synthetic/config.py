@@ -14,7 +14,10 @@ FRONTAGES = ("building", "hedge", "wall", "fence", "open")
 class SyntheticConfig:
     """Every knob of the generator; invalid values raise ``ValueError`` naming the field.
 
-    Ranges ``(low, high)`` are drawn from uniformly per video (or per object / event).
+    Ranges ``(low, high)`` are drawn from uniformly per video (or per object / event). The defaults
+    are the distribution the shipped model was trained on; the scene light (``brightness``,
+    ``contrast``, ``color_cast``) and ``vignetting`` default to no change at all, so every existing
+    seed renders bit-identically. ``config/synthetic/shifted.yaml`` is a distribution-shifted preset.
     """
 
     height: int = 240  # image height in pixels (>= 16)
@@ -47,10 +50,14 @@ class SyntheticConfig:
     trees_per_100m: float = 4.0  # trees per 100 m of each side (0..20)
     light_drift: float = 0.15  # relative amplitude of the slow global brightness and tint drift (0..0.5)
     light_period_s: float = 6.0  # period in seconds of that drift (> 0)
+    brightness: tuple[float, float] = (1.0, 1.0)  # range of a per-video gain of the scene light (0.05..4; dusk ~0.4)
+    contrast: tuple[float, float] = (1.0, 1.0)  # range of a per-video contrast factor about mid grey (0.2..2)
+    color_cast: tuple[float, float, float] = (1.0, 1.0, 1.0)  # red, green, blue gains of the light (0.2..3 each)
     shadow_strength: float = 0.4  # darkening of the ground in building shadows on sunny videos (0..0.9)
     haze: float = 0.5  # strength of distance haze (0..1)
     texture_strength: float = 1.0  # contrast of the procedural textures (0: flat colours .. 2)
     lens_blur: float = 0.5  # sigma in pixels of the always-on lens blur (0..3; 0 = sharp)
+    vignetting: float = 0.0  # lens fall-off: brightness lost in the image corners (0..0.9; 0 = none)
     noise_sigma: float = 2.0  # sigma of the always-on sensor noise in grey levels (0..50)
     p_noise: float = 0.03  # probability per frame that a heavy-noise event starts
     noise_frames: tuple[int, int] = (1, 3)  # range of a heavy-noise event's length in frames (>= 1)
@@ -104,10 +111,14 @@ class SyntheticConfig:
             ("trees_per_100m", 0 <= self.trees_per_100m <= 20, "in [0, 20]"),
             ("light_drift", 0 <= self.light_drift <= 0.5, "in [0, 0.5]"),
             ("light_period_s", self.light_period_s > 0, "a number of seconds > 0"),
+            ("brightness", _is_range(self.brightness, 0.05, 4), "a range (low, high) within [0.05, 4]"),
+            ("contrast", _is_range(self.contrast, 0.2, 2), "a range (low, high) within [0.2, 2]"),
+            ("color_cast", all(0.2 <= g <= 3 for g in self.color_cast), "three gains (red, green, blue) in [0.2, 3]"),
             ("shadow_strength", 0 <= self.shadow_strength <= 0.9, "in [0, 0.9]"),
             ("haze", 0 <= self.haze <= 1, "in [0, 1]"),
             ("texture_strength", 0 <= self.texture_strength <= 2, "in [0, 2]"),
             ("lens_blur", 0 <= self.lens_blur <= 3, "in [0, 3]"),
+            ("vignetting", 0 <= self.vignetting <= 0.9, "in [0, 0.9]"),
             ("noise_sigma", 0 <= self.noise_sigma <= 50, "in [0, 50]"),
             ("heavy_noise_sigma", _is_range(self.heavy_noise_sigma, 0, 255), "a range (low, high) within [0, 255]"),
             ("blur_length", _is_range(self.blur_length, 0, 0.5), "a range (low, high) within [0, 0.5]"),

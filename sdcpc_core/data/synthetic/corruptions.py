@@ -1,4 +1,5 @@
-"""What the camera does to the clean radiance: always-on lens blur and sensor noise, and corruption events.
+"""What the camera does to the clean radiance: scene light, lens fall-off, always-on lens blur and sensor
+noise, and corruption events.
 
 ``schedule`` draws, once per video, which frames each kind of event (:data:`CORRUPTIONS`) covers;
 ``CameraEffects.apply`` turns a frame's float radiance into the uint8 image the camera delivers,
@@ -45,13 +46,20 @@ class CameraEffects:
         # unit Gaussian sensor noise, twice a frame's size (each frame reads a window of it)
         self._noise = stream_rng(seed, 3).standard_normal(2 * c.height * c.width * 3, np.float32) \
             if c.noise_sigma or c.p_noise else None
+        self._light = _scene_light(c, seed)
+        self._vignette = _vignette(c.height, c.width, c.vignetting) if c.vignetting else None
 
     def apply(self, image: np.ndarray, index: int, corruptions: tuple[str, ...]) -> np.ndarray:
-        """Float radiance -> the uint8 image a camera delivers: blur, occlusion, exposure, noise."""
+        """Float radiance -> the uint8 image a camera delivers: light, fall-off, blur, occlusion, exposure, noise."""
         import cv2
 
         c = self.config
         w = image.shape[1]
+        if self._light is not None:  # skipped at the defaults: the frames stay bit-identical
+            gains, contrast, pivot = self._light
+            image = (image * gains - pivot) * contrast + pivot
+        if self._vignette is not None:
+            image = image * self._vignette
         if c.lens_blur:
             image = cv2.GaussianBlur(image, (0, 0), c.lens_blur)
         if "blur" in corruptions:
@@ -124,6 +132,25 @@ class CameraEffects:
         softness = max(w / 100, 1.0)
         mask = cv2.GaussianBlur(mask, (0, 0), softness)[..., None] * np.float32(opacity)
         return image + (colour - image) * mask
+
+
+def _scene_light(c: SyntheticConfig, seed: int) -> tuple[np.ndarray, np.float32, np.float32] | None:
+    """This video's ``(RGB gains, contrast, pivot)``: ``brightness`` x ``color_cast``, and a contrast factor about
+    mid grey after the gain (128 x brightness), so that lower contrast flattens the image without lifting it;
+    None when all three knobs are at their defaults (no change)."""
+    if c.brightness == (1.0, 1.0) and c.contrast == (1.0, 1.0) and c.color_cast == (1.0, 1.0, 1.0):
+        return None
+    rng = stream_rng(seed, 5)
+    gain, contrast = float(uniform(rng, c.brightness)), float(uniform(rng, c.contrast))
+    return np.asarray(c.color_cast, np.float32) * np.float32(gain), np.float32(contrast), np.float32(128 * gain)
+
+
+def _vignette(height: int, width: int, strength: float) -> np.ndarray:
+    """``(H, W, 1)`` float32 lens fall-off ``1 - strength r^2``, ``r`` = distance from the centre, 1 at a corner."""
+    y = (np.arange(height, dtype=np.float32) + 0.5) / height * 2 - 1
+    x = (np.arange(width, dtype=np.float32) + 0.5) / width * 2 - 1
+    radius2 = (x[None, :] ** 2 * width ** 2 + y[:, None] ** 2 * height ** 2) / np.float32(width ** 2 + height ** 2)
+    return (1 - np.float32(strength) * radius2)[..., None].astype(np.float32)
 
 
 def _pixel(point) -> tuple[int, int]:

@@ -1,0 +1,178 @@
+"""Evidence study: temporal models against free temporal filters on the same per-frame model, over seeds.
+
+Run with::
+
+    python bench/temporal_evidence.py --data out/synthetic --split val --short-side 240 \\
+        --model segformer=out/study/segformer_b0_s*/final.safetensors \\
+        --model sdcpc=out/study/sdcpc_b0_s*/final.safetensors \\
+        --smoothing none ema:0.5 window --json out/study/val.json
+
+Each ``--model NAME=GLOB`` is one row group: every checkpoint the glob matches is one training seed.
+Each checkpoint runs once over every video of the split in streaming order (the node's path,
+``StreamingSegmenter``: each frame encoded once, references t-9, t-6, t-3 from the time-keyed cache),
+and every ``--smoothing`` variant (``sdcpc_core.eval.smoothing``: ``none``, ``ema:A``, ``window``) is
+scored from the same per-frame probabilities, so a filter and the model it filters see identical
+frames. For each (group, smoothing) the table gives the mean and the spread (sample standard
+deviation) over seeds of mIoU, mVC8, mVC16 and their correct-only variants (``mVC8_correct``: the
+share of ground-truth-stable pixels that are predicted correctly in every frame of the window;
+``sdcpc_core.eval.metrics``), in the mVC mode of ``--consistency-mode``.
+
+``--switch-off dssa`` (or ``ssea``) evaluates the same checkpoints with that branch's residual zeroed.
+Prints a Markdown table and a summary line; ``--json`` keeps every number per checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sdcpc_core.classes import ClassList  # noqa: E402
+from sdcpc_core.data.datasets import IGNORE, VSPWDataset  # noqa: E402
+from sdcpc_core.data.transforms import ClipEvalTransform  # noqa: E402
+from sdcpc_core.eval.evaluator import Scorer  # noqa: E402
+from sdcpc_core.eval.metrics import VC_MODES  # noqa: E402
+from sdcpc_core.eval.smoothing import parse_smoothing  # noqa: E402
+from sdcpc_core.runtime.streaming import StreamingSegmenter  # noqa: E402
+from sdcpc_core.weights import load_model  # noqa: E402
+
+METRICS = ("mIoU", "mVC8", "mVC16", "mVC8_correct", "mVC16_correct", "accuracy")
+_TINY = torch.finfo(torch.float32).tiny
+
+
+class FanOut:
+    """Stands in for the segmenter's smoother: passes the probabilities through unchanged and keeps, for
+    each smoothing variant, its smoothed probabilities of the same frame (``outputs``)."""
+
+    def __init__(self, specs: list[str], offsets: tuple[int, ...]) -> None:
+        self.smoothers = [parse_smoothing(spec, offsets) for spec in specs]
+        self.outputs: list[torch.Tensor] = []
+
+    def reset(self) -> None:
+        for smoother in self.smoothers:
+            if smoother is not None:
+                smoother.reset()
+
+    def step(self, probs: torch.Tensor) -> torch.Tensor:
+        self.outputs = [probs if s is None else s.step(probs) for s in self.smoothers]
+        return probs
+
+
+def evaluate_checkpoint(path: str, dataset: VSPWDataset, classes: ClassList, specs: list[str], short_side: int,
+                        consistency_mode: str, switch_off: list[str], max_videos: int | None = None
+                        ) -> dict[str, dict[str, float]]:
+    """Scores of every smoothing variant of one checkpoint -> ``{spec: {metric: value}}`` (percent)."""
+    model = load_model(path).eval()
+    for branch in switch_off:
+        model.switch_off(branch)
+    scorers = {spec: Scorer(classes, consistency_mode, set(), None) for spec in specs}
+    transform = ClipEvalTransform(short_side=short_side)
+    single = VSPWDataset(dataset.root, dataset.split, offsets=())  # one-frame clips: each frame read once
+    videos = dataset.video_names[:max_videos]
+    frames = sum(max(t) + 1 for t in dataset.labelled[:len(videos)] if t)
+    with torch.no_grad(), tqdm(total=frames, desc=Path(path).parent.name, unit="frame", leave=False) as bar:
+        for v, name in enumerate(videos):
+            labelled = set(dataset.labelled[v])
+            segmenter = None
+            for index in range(max(labelled) + 1 if labelled else 0):
+                clip = single.clip(v, index)
+                image = clip.frames[-1]
+                if segmenter is None:
+                    segmenter = StreamingSegmenter(model, backend="eager", device="cpu",
+                                                   input_size=transform([image])["valid_hw"],
+                                                   reference_offsets=tuple(dataset.offsets), upsample_logits=True)
+                    fan_out = FanOut(specs, tuple(dataset.offsets))
+                    segmenter.smoother = fan_out
+                result = segmenter.step(image, index * segmenter.cache.period_ns)
+                if index in labelled:
+                    for spec, probs in zip(specs, fan_out.outputs):
+                        labels = result.labels if spec == "none" else segmenter.images.to_labels(
+                            probs.clamp_min(_TINY).log(), image.shape[:2])[0]
+                        scorers[spec].add(name, index, None, image, clip.label, labels)
+                bar.update(1)
+            for scorer in scorers.values():
+                scorer.end_video()
+    scores = {}
+    for spec, scorer in scorers.items():
+        consistency = scorer.video_consistency()
+        scores[spec] = {"mIoU": 100 * scorer.confusion.miou(), "accuracy": 100 * scorer.confusion.pixel_accuracy(),
+                        **{k: 100 * v for k, v in consistency.items()}}
+    return scores
+
+
+def summarise(results: dict[str, dict[str, dict[str, dict[str, float]]]], specs: list[str]) -> list[dict]:
+    """Rows ``{group, smoothing, seeds, <metric>: (mean, spread)}`` from ``{group: {checkpoint: {spec: scores}}}``."""
+    rows = []
+    for group, checkpoints in results.items():
+        for spec in specs:
+            values = {m: [scores[spec][m] for scores in checkpoints.values()] for m in METRICS}
+            rows.append({"group": group, "smoothing": spec, "seeds": len(checkpoints),
+                         **{m: (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else math.nan)
+                            for m, v in values.items()}})
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| model | smoothing | seeds | " + " | ".join(METRICS) + " |", "|---|---|---|" + "---|" * len(METRICS)]
+    for row in rows:
+        cells = [f"{row[m][0]:.1f} ± {row[m][1]:.1f}" for m in METRICS]
+        lines.append(f"| {row['group']} | {row['smoothing']} | {row['seeds']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", action="append", required=True, metavar="NAME=GLOB",
+                   help="a row group: a name and a glob of its checkpoints (one per seed); repeatable")
+    p.add_argument("--data", type=Path, required=True, help="VSPW-layout data root (e.g. written by sdcpc-synth)")
+    p.add_argument("--split", default="val")
+    p.add_argument("--smoothing", nargs="+", default=["none", "ema:0.5", "window"],
+                   help="variants scored from the same frames (default: none ema:0.5 window)")
+    p.add_argument("--short-side", type=int, default=240, help="network input short side (default 240)")
+    p.add_argument("--consistency-mode", choices=VC_MODES, default="vspw")
+    p.add_argument("--switch-off", action="append", default=[], choices=("ssea", "dssa"),
+                   help="zero this branch's residual in every checkpoint (test-time ablation)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--max-videos", type=int, help="only the first N videos (a quick check)")
+    p.add_argument("--json", type=Path, help="write every number here")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    for spec in args.smoothing:
+        parse_smoothing(spec)  # one sentence for a bad variant before any work
+
+    dataset = VSPWDataset(args.data, args.split)
+    classes = ClassList.from_yaml(args.data / "classes.yaml")
+    results: dict = {}
+    start = time.perf_counter()
+    for item in args.model:
+        group, _, pattern = item.partition("=")
+        paths = sorted(glob.glob(pattern))
+        if not paths:
+            p.error(f"--model {item!r}: no checkpoint matches {pattern!r}")
+        results[group] = {path: evaluate_checkpoint(path, dataset, classes, args.smoothing, args.short_side,
+                                                    args.consistency_mode, args.switch_off, args.max_videos)
+                          for path in paths}
+    rows = summarise(results, args.smoothing)
+    print(f"{args.data} {args.split}, streaming, short side {args.short_side}, mVC mode {args.consistency_mode}"
+          f"{', switched off: ' + ', '.join(args.switch_off) if args.switch_off else ''}; mean ± spread over seeds")
+    print(markdown(rows))
+    print(f"{sum(len(c) for c in results.values())} checkpoints, {len(args.smoothing)} smoothing variants, "
+          f"{time.perf_counter() - start:.0f} s; ignore label {IGNORE}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"results": results, "rows": rows, "args": vars(args)}, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
