@@ -5,6 +5,7 @@ Run with::
     python bench/streaming.py                      # every back end that runs here, both cases, 50 frames
     python bench/streaming.py --backends eager --frames 20 --cases b0
     python bench/streaming.py --backends eager --sdcpc-options ssea_dim=64 window_dim=32 window_heads=2
+    python bench/streaming.py --device cuda --precision fp16 --backends eager cudagraph --frames 30 --no-memory
 
 What it measures, side by side in one run, on the same device, input size and back end:
 
@@ -31,9 +32,15 @@ Side by side: for each (case, back end) one fresh Python subprocess (this script
 ...), so that a load change on a shared machine hits both models alike and the ratio stays fair.
 
 Peak memory: each model then runs alone in a fresh subprocess for the warm-up and 3 frames. CUDA:
-``torch.cuda.max_memory_allocated()`` over that run (weights, buffer, activations; live tensors only).
-CPU: the process's resident-set peak ``ru_maxrss`` at its end (interpreter, libraries, weights and
-activations together).
+``torch.cuda.max_memory_allocated()`` over that run (weights, buffer, activations; live tensors only;
+CUDA graph pools included). CPU: the process's resident-set peak ``ru_maxrss`` at its end
+(interpreter, libraries, weights and activations together). ``--no-memory`` skips these runs (with
+``compile`` each is one more compilation).
+
+Back ends: every one ``available_backends`` lists that runs on the device (``cudagraph`` and
+``tensorrt`` need CUDA). A back end that falls back to eager (``compile`` when compilation fails,
+``cudagraph`` when capture fails) is measured as it runs, and its rows say so with the reason.
+``--compile-mode`` passes a ``torch.compile`` mode to the ``compile`` back end.
 
 Goal (tracker): SD-CPC <= 1.15x SegFormer per-frame latency.
 """
@@ -70,6 +77,9 @@ def _parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=5,
                    help="untimed frames first (default: 5, at least 1)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--compile-mode", default="", help="torch.compile mode of the compile back end (default: "
+                   "inductor's default), e.g. reduce-overhead")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs (one process per model)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and frames (default: 0)")
     p.add_argument("--sdcpc-options", nargs="+", default=[], metavar="KEY=VALUE", type=_option,
                    help="build_model options for the SD-CPC model only, values read as YAML "
@@ -103,6 +113,7 @@ def _worker(args, device):
 
     from sdcpc_core.models import build_model
     from sdcpc_core.runtime import StreamingSegmenter
+    from sdcpc_core.runtime.backends import backend_options
 
     case, kinds, backend = args.worker
     kinds = kinds.split(",")
@@ -116,7 +127,8 @@ def _worker(args, device):
         model = build_model(variant, classes, embed_dim=256, **options)
         params[kind] = sum(p.numel() for p in model.parameters())
         segmenters[kind] = StreamingSegmenter(model, backend=backend, device=device, precision=args.precision,
-                                              input_size=(height, width))
+                                              input_size=(height, width),
+                                              backend_options=backend_options(backend, compile_mode=args.compile_mode))
     rng = np.random.default_rng(args.seed)
     images = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(8)]
     period_ns = round(segmenters[kinds[0]].config.frame_period_s * 1e9)
@@ -133,6 +145,7 @@ def _worker(args, device):
         "peak_bytes": peak,
         "threads": torch.get_num_threads(),
         "params": params,
+        "fallback": {kind: getattr(segmenters[kind].backend, "fallback_reason", None) for kind in kinds},
     }))
 
 
@@ -156,8 +169,9 @@ def _run_case(case, backend, argv, device, args):
         results[kind] = {
             "timings": timings, "threads": paired["threads"], "params": paired["params"][kind],
             "median": {key: statistics.median(t[key] for t in timings) for key in (*STAGES, "total")},
+            "fallback": paired.get("fallback", {}).get(kind),
         }
-        alone = _run_worker(case, [kind], backend, memory_argv, device)
+        alone = {} if args.no_memory else _run_worker(case, [kind], backend, memory_argv, device)
         results[kind]["peak_bytes"] = alone.get("peak_bytes", float("nan"))
     return results
 
@@ -176,8 +190,8 @@ def _without(argv, flag):
 
 
 def _runs_on(backend, device):
-    """Back ends that can run on ``device`` (TensorRT needs CUDA)."""
-    return not (backend == "tensorrt" and device != "cuda")
+    """Back ends that can run on ``device`` (TensorRT and CUDA graphs need CUDA)."""
+    return device == "cuda" or backend not in ("tensorrt", "cudagraph")
 
 
 def main(argv=None):
@@ -219,7 +233,7 @@ def main(argv=None):
           f"median of {args.frames} frames after {max(args.warmup, 1)} warm-up frames; SD-CPC and SegFormer "
           f"alternate frame by frame in one fresh process per case")
     mem = "max_memory_allocated" if device == "cuda" else "ru_maxrss of the whole process"
-    mem += ", each model alone in a fresh process"
+    mem = "not measured (--no-memory)" if args.no_memory else mem + ", each model alone in a fresh process"
     print(f"peak memory: {mem}; goal: SD-CPC <= {GOAL:.2f}x SegFormer")
 
     summary = []
@@ -242,15 +256,18 @@ def main(argv=None):
                       f"{m['temporal']:>9.1f} {m['postprocess']:>7.1f} "
                       f"{min(t['total'] for t in r['timings']):>8.1f} {r['params'] / 1e6:>9.2f} "
                       f"{r['peak_bytes'] / 2**20:>9.0f}")
+                if r["fallback"]:
+                    print(f"{'':<14} ran EAGER: the {backend} backend fell back ({r['fallback']})")
             if all("median" in r for r in results.values()):
                 a, b = results["sdcpc"]["median"], results["segformer"]["median"]
                 ratio = a["total"] / b["total"]
                 verdict = "met" if ratio <= GOAL else "NOT met"
+                memory = results["sdcpc"]["peak_bytes"] / results["segformer"]["peak_bytes"]
                 print(f"SD-CPC / SegFormer: {ratio:.2f}x total (encode {a['encode'] / b['encode']:.2f}x; temporal step "
                       f"{a['temporal']:.1f} ms = {100 * a['temporal'] / b['total']:.0f}% of SegFormer's frame); "
-                      f"memory {results['sdcpc']['peak_bytes'] / results['segformer']['peak_bytes']:.2f}x; "
-                      f"goal <= {GOAL:.2f}x {verdict}")
-                summary.append(f"{case}/{backend}: {ratio:.2f}x ({verdict})")
+                      f"memory {'n/a' if args.no_memory else f'{memory:.2f}x'}; goal <= {GOAL:.2f}x {verdict}")
+                eager = ", eager fallback" if any(r["fallback"] for r in results.values()) else ""
+                summary.append(f"{case}/{backend}: {ratio:.2f}x ({verdict}{eager})")
     if summary:
         print("\nsummary: " + "; ".join(summary))
 

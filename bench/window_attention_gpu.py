@@ -12,7 +12,8 @@ reference frames, window 7, dilation 1, with 64 channels as 4 heads x 16 (the mo
 Methods (all take ``q (B, h, d, H, W)``, ``k, v (B, R, h, d, H, W)`` and include the reshapes they
 need; everything runs under ``torch.no_grad()``):
 
-* ``reference``: ``sdcpc_core.ops.window_attention.window_attention`` (plain tensor ops);
+* ``reference``: ``sdcpc_core.ops.window_attention.window_attention`` with ``allow_fused=False`` (plain
+  tensor ops);
 * ``triton``: the custom op ``torch.ops.sdcpc.window_attention`` (fused Triton kernel, online
   softmax, nothing of size ``R * window**2 * H * W`` stored);
 * ``tiles``: the formulation that exported graphs (ONNX, TensorRT programs) hold: dense attention in
@@ -111,7 +112,8 @@ def main(argv=None) -> int:
           f"median of {args.repeats} calls after {args.warmup} warm-up calls (CUDA events)\n")
 
     methods = {
-        "reference": lambda q, k, v: reference_window_attention(q, k, v, args.window, args.dilation),
+        # allow_fused=False: on CUDA the dispatcher takes the Triton kernel by default
+        "reference": lambda q, k, v: reference_window_attention(q, k, v, args.window, args.dilation, allow_fused=False),
         "triton": lambda q, k, v: fused_window_attention(q, k, v, args.window, args.dilation),
         "tiles": lambda q, k, v: _attend_by_tiles(q, k, v, args.window, args.dilation, q.shape[2] ** -0.5),
     }

@@ -26,15 +26,12 @@ class LevelFusion(nn.Conv2d):
     """
 
     def forward(self, features: list[torch.Tensor], projections: nn.ModuleList, scale: torch.Tensor | None = None,
-                shift: torch.Tensor | None = None) -> torch.Tensor:
+                shift: torch.Tensor | None = None,
+                folded: tuple[list[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         """Backbone levels ``[(B, C_i, h_i, w_i)]``, finest first, and their projections ``C_i -> E`` ->
         ``(B, E, h_0, w_0)``, optionally times a per-channel ``scale`` ``(E,)`` plus ``shift`` ``(E,)``
-        (a folded eval-mode batch norm)."""
-        return self.apply_folded(features, *self.fold(projections, scale, shift))
-
-    @staticmethod
-    def apply_folded(features: list[torch.Tensor], weights: list[torch.Tensor], bias: torch.Tensor) -> torch.Tensor:
-        """``sum_i up(conv(c_i, weights[i])) + bias`` at the finest level's size ``(B, E, h_0, w_0)``."""
+        (a folded eval-mode batch norm); ``folded``: the result of ``fold`` computed beforehand."""
+        weights, bias = folded if folded is not None else self.fold(projections, scale, shift)
         fused = F.conv2d(features[0], weights[0], bias)
         for level, weight in zip(features[1:], weights[1:]):
             fused = upsample_bilinear_add_(fused, F.conv2d(level, weight))
@@ -82,7 +79,7 @@ class SegFormerHead(nn.Module):
             return F.relu(self.bn(self.linear_fuse(features, self.linear_c)), inplace=True)
         sources = (self.linear_fuse.weight, *self.linear_c.parameters(), *self.bn.parameters(), *self.bn.buffers())
         folded = inference_constant(self, "fusion", self._folded_fusion, *sources)
-        return self.linear_fuse.apply_folded(features, *folded).relu_()
+        return self.linear_fuse(features, self.linear_c, folded=folded).relu_()
 
     def _folded_fusion(self) -> tuple[list[torch.Tensor], torch.Tensor]:
         """The fusion's per-level weights and bias with the eval-mode batch norm folded in (``LevelFusion.fold``)."""
@@ -94,7 +91,7 @@ class SegFormerHead(nn.Module):
 
     def classify_residual(self, residual: torch.Tensor) -> torch.Tensor:
         """The classifier's linear part (no bias, no dropout) on a residual ``(B, E, h, w)`` -> ``(B, K, h, w)``."""
-        return F.conv2d(residual, self.classifier.weight)
+        return self.classifier(residual) - self.classifier.bias.view(1, -1, 1, 1)
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         return self.classify(self.fuse(features))

@@ -15,8 +15,9 @@ and right; logits are cropped back to ``ceil(H/4) x ceil(W/4)``.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -105,7 +106,7 @@ class FrameCache:
     probs: torch.Tensor | None
     logits: torch.Tensor | None = None
 
-    def without_logits(self) -> "FrameCache":
+    def without_logits(self) -> FrameCache:
         return FrameCache(self.features, self.kv, self.coarse, self.probs, None)
 
 

@@ -13,13 +13,12 @@ zero-initialised factor, so a model built from SegFormer weights starts as that 
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from .layers import (LayerNorm2d, grid_pool_tokens, inference_constant, map_to_tokens, mean_pool2x2,
-                     multihead_attention)
+from .layers import LayerNorm2d, grid_pool_tokens, inference_constant, map_to_tokens, mean_pool2x2, multihead_attention
 
 
 class StaticSemanticAlignment(nn.Module):

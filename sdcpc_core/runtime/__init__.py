@@ -5,7 +5,7 @@ map out), with its settings in ``config`` (``StreamingConfig``), its reference-f
 ``reference_cache`` (``ReferenceCache``: a time-keyed buffer of reference frames) and its image side
 in ``image`` (``to_rgb``, ``ImageAdapter``: encodings, letterboxing, normalisation, label maps back at
 camera size). ``backends`` puts the inference engines behind one interface (``create_backend``,
-``available_backends``: eager PyTorch, ``torch.compile``, ONNX Runtime, TensorRT). ``programs`` wraps
+``available_backends``: eager PyTorch, ``torch.compile``, CUDA graphs, ONNX Runtime, TensorRT). ``programs`` wraps
 the model's two streaming stages as modules with flat tensor inputs and outputs and static shapes
 (``EncodeFrameProgram``, ``TemporalStepProgram``), exports them with ``torch.export``
 (``export_programs``) and checks that an exported program has no symbolic shapes (``assert_static``).

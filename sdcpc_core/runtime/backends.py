@@ -4,7 +4,17 @@ A back end runs the two streaming programs of ``sdcpc_core.runtime.programs`` fo
 size: ``encode(image) -> FrameCache`` once per frame and ``temporal(current, refs) -> logits``.
 Tensors cross the interface as torch tensors on ``backend.device``. Back ends are created by name
 with ``create_backend``; optional ones are imported only when asked for, and asking for one whose
-package is missing names the back ends that are available.
+package is missing names the back ends that are available. ``backend_options`` turns the node's
+back-end settings into the options the named back end takes.
+
+| name            | runs the programs as                                              | module                |
+|-----------------|-------------------------------------------------------------------|-----------------------|
+| ``eager``       | the model's own methods, PyTorch eager                            | ``torch_backends``    |
+| ``compile``     | ``torch.compile`` (eager if compilation fails)                    | ``torch_backends``    |
+| ``cudagraph``   | CUDA graphs, captured once per input size (eager without CUDA or  | ``cudagraph_backend`` |
+|                 | if capture fails)                                                 |                       |
+| ``onnxruntime`` | exported ONNX graphs in ONNX Runtime                              | ``onnx_backend``      |
+| ``tensorrt``    | Torch-TensorRT engines (CUDA)                                     | ``tensorrt_backend``  |
 """
 from __future__ import annotations
 
@@ -24,9 +34,11 @@ PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat
 BACKENDS: dict[str, tuple[str, str | None]] = {
     "eager": ("sdcpc_core.runtime.torch_backends:EagerBackend", None),
     "compile": ("sdcpc_core.runtime.torch_backends:CompileBackend", None),
+    "cudagraph": ("sdcpc_core.runtime.cudagraph_backend:CudaGraphBackend", None),
     "onnxruntime": ("sdcpc_core.runtime.onnx_backend:OnnxRuntimeBackend", "onnxruntime"),
     "tensorrt": ("sdcpc_core.runtime.tensorrt_backend:TensorRTBackend", "torch_tensorrt"),
 }
+TORCH_BACKENDS = ("eager", "compile", "cudagraph")  # run the model's PyTorch code (fused window option)
 
 
 class Backend(ABC):
@@ -90,8 +102,21 @@ def available_backends() -> list[str]:
             if package is None or importlib.util.find_spec(package) is not None]
 
 
+def backend_options(name: str, *, compile_mode: str = "", fused_window_attention: bool = True) -> dict:
+    """The options of ``create_backend(name, ...)`` for the node's settings: ``fused_window_attention``
+    for the PyTorch back ends (``TORCH_BACKENDS``) and ``mode`` (``compile_mode``; empty: inductor's
+    default) for ``compile``. The exported back ends take neither: their graphs hold the plain-op window
+    attention unless the fused switch is on explicitly (``sdcpc_core.ops.window_attention``)."""
+    options: dict = {}
+    if name in TORCH_BACKENDS:
+        options["fused_window_attention"] = bool(fused_window_attention)
+    if name == "compile" and compile_mode:
+        options["mode"] = compile_mode
+    return options
+
+
 def create_backend(name: str, model: SDCPC, input_size: tuple[int, int], **options) -> Backend:
-    """Builds back end ``name`` (``eager``, ``compile``, ``onnxruntime``, ``tensorrt``) for ``model``."""
+    """Builds back end ``name`` (a key of ``BACKENDS``) for ``model``; ``options`` go to its class."""
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; known backends: {', '.join(BACKENDS)} "
                          f"(available here: {', '.join(available_backends())})")

@@ -8,7 +8,7 @@ checkpoint_sha256=None)`` exports ``EncodeFrameProgram`` and ``TemporalStepProgr
 on the CUDA device; TensorRT chooses reduced-precision kernels inside the engine.
 
 The DSSA window attention reaches TensorRT as whatever ``torch.export`` captured of it (see the
-table of ``sdcpc_core.ops.window_attention``). By default (fused switch off) that is its tiled
+table of ``sdcpc_core.ops.window_attention``). Unless the fused switch is on explicitly, that is its tiled
 formulation in plain ATen ops (a constant gather index, two batched matrix products, an additive
 mask and a softmax), which Torch-TensorRT converts like any other part of the graph. With the
 fused switch on (``sdcpc_core.ops.use_fused_window_attention(True)``) the programs of a CUDA model

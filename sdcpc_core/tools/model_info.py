@@ -154,11 +154,13 @@ def analyse(variant: str, num_classes: int, height: int, width: int, refs: int =
         model = build_model(variant, num_classes).eval()
     baseline = baseline_for(model)
     image = torch.empty(1, 3, height, width, device="meta")
+    with torch.no_grad():  # one frame first: constants derived from the weights are built once, not per frame
+        current = model.encode_frame(image)
+        references = [current.without_logits()] * refs
+        model.temporal_step(current, references)
+        baseline.encode_frame(image)
     flops = {"static": count_flops(model, model.encode_frame, image)}
     if model.is_temporal:
-        with torch.no_grad():
-            current = model.encode_frame(image)
-        references = [current.without_logits()] * refs
         flops["temporal"] = count_flops(model, model.temporal_step, current, references)
     else:
         flops["temporal"] = {name: 0 for name in flops["static"]}

@@ -4,25 +4,38 @@ Every query pixel of the current frame attends to a small dilated window of key/
 around the same location in each of ``R`` reference frames, with a single softmax over all
 ``R * window**2`` candidates. :func:`window_attention` is the one place that chooses how:
 
-| call (the first row that matches)                     | formulation (module)                         |
-|-------------------------------------------------------|----------------------------------------------|
-| fused switch on, ``q`` on CUDA, no ONNX export        | ``triton``: custom op, fused Triton kernel   |
-| ``torch.compiler.is_exporting()`` (``torch.export``)  | ``tiled``: dense attention in query tiles    |
-| eager CPU inference (no tracing, compiling, autograd) | ``cpu_inplace``: offset loop, in place       |
-| otherwise: autograd, CUDA, ``torch.compile``          | ``reference``: offset loop, plain tensor ops |
+| call (the first row that matches)                                    | formulation (module)                         |
+|----------------------------------------------------------------------|----------------------------------------------|
+| ``q`` on CUDA, switch automatic or on, no autograd, no export        | ``triton``: custom op, fused Triton kernel   |
+| ``q`` on CUDA, switch on (explicitly), ``torch.export``, not ONNX    | ``triton``: the custom op stays in the graph |
+| ``torch.compiler.is_exporting()`` (``torch.export``)                 | ``tiled``: dense attention in query tiles    |
+| eager CPU inference (no tracing, compiling, autograd)                | ``cpu_inplace``: offset loop, in place       |
+| otherwise: autograd, CUDA with the switch off, ``torch.compile`` CPU | ``reference``: offset loop, plain tensor ops |
 
-The fused switch is off by default and process-wide: ``use_fused_window_attention(True)`` turns it
-on (and works as a context manager restoring the previous setting). With it on, ``torch.export``
-of a CUDA model keeps one ``sdcpc.window_attention`` node per call, which the TensorRT plugin
-(``sdcpc_core.runtime.tensorrt_plugin``) takes; an ONNX export (``torch.onnx.is_in_onnx_export()``)
-never takes the custom op. With it off, exported graphs (the ONNX and TensorRT programs) hold the
-tiled formulation in plain ATen ops. Eager CPU inference is ``ops.dispatch.eager_cpu_inference``.
+The fused switch is process-wide and has three settings (``use_fused_window_attention``, which also
+works as a context manager restoring the previous setting):
+
+* automatic (``None``, the default): CUDA inference (eager, ``torch.compile``, CUDA graphs) takes the
+  fused kernel; exported graphs do not. The environment variable ``SDCPC_FUSED_WINDOW`` (``FUSED_ENV``)
+  set to ``0``, ``false``, ``off`` or ``no`` when the package is imported turns the automatic setting off;
+* on (``True``): as automatic, and ``torch.export`` of a CUDA model also keeps one
+  ``sdcpc.window_attention`` node per call, which the TensorRT plugin
+  (``sdcpc_core.runtime.tensorrt_plugin``) takes;
+* off (``False``): never the custom op.
+
+Autograd (a training step: gradients enabled and an input that requires them) always takes the
+reference, whose backward is plain autograd; the op's own backward recomputes the reference.
+An ONNX export (``torch.onnx.is_in_onnx_export()``) never takes the custom op; other exported programs
+(the TensorRT back end's) hold the tiled formulation in plain ATen ops unless the switch is on explicitly.
+Eager CPU inference is ``ops.dispatch.eager_cpu_inference``.
 The custom op itself (its kernel on devices other than CUDA, its backward and its decomposition)
-runs the rows below the first one (``allow_fused=False``). All formulations agree within float
+runs the rows below the first two (``allow_fused=False``). All formulations agree within float
 rounding (tested).
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -34,6 +47,7 @@ from .triton import decompose_to_reference, fused_window_attention, triton_avail
 
 __all__ = [
     "EXPORT_TILE",
+    "FUSED_ENV",
     "decompose_to_reference",
     "fused_window_attention",
     "fused_window_attention_enabled",
@@ -78,8 +92,7 @@ def window_attention(
     internally and the result is cast back. Which formulation runs: the table
     in the module docstring.
     """
-    if (allow_fused and _FUSED_DEFAULT[0] and _routes_to_custom_op(q.device)
-            and not torch.onnx.is_in_onnx_export()):
+    if allow_fused and _routes_to_custom_op(q.device) and _takes_fused(q, k, v):
         return fused_window_attention(q, k, v, window, dilation, scale)
     _check_inputs(q, k, v, window, dilation)
     if scale is None:
@@ -96,23 +109,47 @@ def _routes_to_custom_op(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
+def _takes_fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """The switch's answer for a call on a device with the custom op (the first two rows of the table)."""
+    setting = _FUSED_DEFAULT[0]
+    if setting is False or torch.onnx.is_in_onnx_export():
+        return False
+    if torch.compiler.is_exporting():
+        return setting is True
+    if setting is None and not _FUSED_AUTOMATIC:
+        return False
+    return not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
+
+
 # ------------------------------------------------------------------------------ the switch
-_FUSED_DEFAULT = [False]  # process-wide setting; a list so the helper can rebind it
+FUSED_ENV = "SDCPC_FUSED_WINDOW"
+
+
+def _automatic_from_environment() -> bool:
+    """The automatic setting: on unless ``FUSED_ENV`` is ``0``, ``false``, ``off`` or ``no``."""
+    return os.environ.get(FUSED_ENV, "").strip().lower() not in ("0", "false", "off", "no")
+
+
+# Read once at import: traced code (torch.compile) must not read the environment per call.
+_FUSED_AUTOMATIC = _automatic_from_environment()
+_FUSED_DEFAULT: list[bool | None] = [None]  # process-wide setting; a list so the helper can rebind it
 
 
 class use_fused_window_attention:  # noqa: N801 - used like a function
-    """Turns the fused dispatch of :func:`window_attention` on or off for the process.
+    """Sets the fused dispatch of :func:`window_attention` for the process: ``True`` (on, also in
+    ``torch.export``), ``False`` (off) or ``None`` (automatic: on for CUDA inference unless
+    ``SDCPC_FUSED_WINDOW=0``; see the module docstring).
 
-    ``use_fused_window_attention(True)`` takes effect immediately and stays on;
-    ``with use_fused_window_attention(True): ...`` restores the previous setting on exit.
+    ``use_fused_window_attention(False)`` takes effect immediately and stays;
+    ``with use_fused_window_attention(False): ...`` restores the previous setting on exit.
     ``previous`` holds the setting it replaced.
     """
 
-    def __init__(self, enabled: bool = True) -> None:
+    def __init__(self, enabled: bool | None = True) -> None:
         self.previous = _FUSED_DEFAULT[0]
-        _FUSED_DEFAULT[0] = bool(enabled)
+        _FUSED_DEFAULT[0] = None if enabled is None else bool(enabled)
 
-    def __enter__(self) -> "use_fused_window_attention":
+    def __enter__(self) -> use_fused_window_attention:
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -120,5 +157,7 @@ class use_fused_window_attention:  # noqa: N801 - used like a function
 
 
 def fused_window_attention_enabled() -> bool:
-    """Whether :func:`window_attention` sends CUDA inputs to the custom op."""
-    return _FUSED_DEFAULT[0]
+    """Whether :func:`window_attention` sends CUDA inference inputs to the custom op (the automatic
+    setting answers from ``SDCPC_FUSED_WINDOW``)."""
+    setting = _FUSED_DEFAULT[0]
+    return _FUSED_AUTOMATIC if setting is None else setting

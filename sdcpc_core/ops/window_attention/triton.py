@@ -151,14 +151,17 @@ def _triton_kernel():
     @triton.jit
     def window_attention_fwd(
         Q, K, V, O,
-        R, NH, H, W, D,
+        NH, H, W, D,
         sq_b, sq_h, sq_d, sq_y, sq_x,
         sk_b, sk_r, sk_h, sk_d, sk_y, sk_x,
         sv_b, sv_r, sv_h, sv_d, sv_y, sv_x,
         so_b, so_h, so_d, so_y, so_x,
         qk_scale,
-        WINDOW: tl.constexpr, DILATION: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
+        R: tl.constexpr, WINDOW: tl.constexpr, DILATION: tl.constexpr, BLOCK_P: tl.constexpr,
+        BLOCK_D: tl.constexpr,
     ):
+        # R (references) is a compile-time constant: one compilation per reference count, which is fixed for a
+        # node; Triton 3.6's interpreter cannot loop over a runtime integer argument.
         pid_p = tl.program_id(0)
         pid_bh = tl.program_id(1)
         b = pid_bh // NH
@@ -232,10 +235,10 @@ def _triton_forward(
     options = {} if os.environ.get("TRITON_INTERPRET") == "1" else {"num_warps": num_warps}
     kernel[grid](
         q, k, v, out,
-        R, NH, H, W, D,
+        NH, H, W, D,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         float(scale) * _LOG2E,
-        WINDOW=int(window), DILATION=int(dilation), BLOCK_P=block_p, BLOCK_D=block_d,
+        R=int(R), WINDOW=int(window), DILATION=int(dilation), BLOCK_P=block_p, BLOCK_D=block_d,
         **options,
     )
     return out
