@@ -55,18 +55,21 @@ def adaptive_pool_matrix(n_in: int, n_out: int, like: torch.Tensor) -> torch.Ten
     return weights / weights.sum(dim=1, keepdim=True)
 
 
-def adaptive_avg_pool(x: torch.Tensor, grids: tuple[int, ...]) -> list[torch.Tensor]:
+def adaptive_avg_pool(x: torch.Tensor, grids: tuple[int, ...],
+                      matrix: Callable[[int, int, torch.Tensor], torch.Tensor] = adaptive_pool_matrix
+                      ) -> list[torch.Tensor]:
     """Export-friendly ``[F.adaptive_avg_pool2d(x, g) for g in grids]``: ``(B, C, H, W) -> [(B, C, g, g)]``.
 
     Two plain matrix products per grid (the first shared by all grids), no batched small GEMMs.
+    ``matrix(n_in, n_out, like)`` gives the averaging matrices (default: built in place from shapes).
     """
     b, c, h, w = x.shape
-    cols = torch.cat([adaptive_pool_matrix(w, g, x) for g in grids], dim=0)  # (sum g, W)
+    cols = torch.cat([matrix(w, g, x) for g in grids], dim=0)  # (sum g, W)
     pooled_cols = torch.mm(x.reshape(b * c * h, w), cols.t()).reshape(b * c, h, -1)
     out, start = [], 0
     for g in grids:
         part = pooled_cols[..., start:start + g].transpose(1, 2).reshape(b * c * g, h)
-        out.append(torch.mm(part, adaptive_pool_matrix(h, g, x).t()).reshape(b, c, g, g).transpose(2, 3))
+        out.append(torch.mm(part, matrix(h, g, x).t()).reshape(b, c, g, g).transpose(2, 3))
         start += g
     return out
 
@@ -80,17 +83,31 @@ def grid_pool_tokens(x: torch.Tensor, grids: tuple[int, ...]) -> torch.Tensor:
     | call | formulation |
     |---|---|
     | traced (``torch.export``, ``torch.compile``) | ``adaptive_avg_pool``: matrices built in the graph from shapes |
-    | eager CPU inference | ``adaptive_avg_pool``: two small products per grid, the fewest multiply-adds |
+    | eager CPU inference | ``adaptive_avg_pool`` with cached matrices: small products, the fewest multiply-adds |
     | eager elsewhere (CUDA, autograd) | one product with a cached ``(sum g^2, H*W)`` matrix: one kernel |
 
     All give the same values up to float rounding (tested). On a GPU at batch 1 every small product and
     every operator that builds a pooling matrix is a kernel launch, which costs more there than the
     extra arithmetic of the one dense product.
     """
-    if eager_cpu_inference(x) or torch.compiler.is_compiling() or torch.compiler.is_exporting():
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting():
         return torch.cat([map_to_tokens(p) for p in adaptive_avg_pool(x, grids)], dim=1)
+    if eager_cpu_inference(x):
+        return torch.cat([map_to_tokens(p) for p in adaptive_avg_pool(x, grids, _cached_pool_matrix)], dim=1)
     h, w = x.shape[-2:]
     return torch.matmul(_dense_pool_matrix(h, w, tuple(grids), x.device, x.dtype), x.flatten(2).transpose(1, 2))
+
+
+def _cached_pool_matrix(n_in: int, n_out: int, like: torch.Tensor) -> torch.Tensor:
+    return _pool_matrix_of_size(n_in, n_out, like.device, like.dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _pool_matrix_of_size(n_in: int, n_out: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``adaptive_pool_matrix`` as a constant of the sizes, built once (outside inference mode, so any
+    mode may use it)."""
+    with torch.inference_mode(False), torch.no_grad():
+        return adaptive_pool_matrix(n_in, n_out, torch.empty(0, device=device, dtype=dtype))
 
 
 @functools.lru_cache(maxsize=32)
