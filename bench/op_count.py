@@ -175,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
             results[case][variant] = summary
             parts = ", ".join(f"{k} {v}" for k, v in summary["parts"].items())
             top = ", ".join(f"{k} {v}" for k, v in list(summary["operators"].items())[:args.top])
-            print(f"| {case} {size[0]}x{size[1]}, {classes} classes | {variant} | {summary['total']} | {parts} | {top} |")
+            row = f"{case} {size[0]}x{size[1]}, {classes} classes | {variant} | {summary['total']} | {parts} | {top}"
+            print(f"| {row} |")
         ratio = results[case][sdcpc]["total"] / results[case][segformer]["total"]
         results[case]["ratio"] = ratio
         print(f"| {case} | ratio | {ratio:.2f}x | goal <= {GOAL}x: {'met' if ratio <= GOAL else 'not met'} | |")

@@ -19,12 +19,15 @@ share of ground-truth-stable pixels that are predicted correctly in every frame 
 
 ``--switch-off dssa`` (or ``ssea``) evaluates the same checkpoints with that branch's residual zeroed.
 Prints a Markdown table and a summary line; ``--json`` keeps every number per checkpoint.
+``--cache DIR`` keeps each checkpoint's scores (keyed by checkpoint, data, split, smoothing variants,
+input size, mVC mode and switched-off branches) and reuses them, so seeds can be added as they finish.
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
+import hashlib
 import json
 import math
 import statistics
@@ -37,14 +40,15 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sdcpc_core.classes import ClassList  # noqa: E402
-from sdcpc_core.data.datasets import IGNORE, VSPWDataset  # noqa: E402
-from sdcpc_core.data.transforms import ClipEvalTransform  # noqa: E402
-from sdcpc_core.eval.evaluator import Scorer  # noqa: E402
-from sdcpc_core.eval.metrics import VC_MODES  # noqa: E402
-from sdcpc_core.eval.smoothing import parse_smoothing  # noqa: E402
-from sdcpc_core.runtime.streaming import StreamingSegmenter  # noqa: E402
-from sdcpc_core.weights import load_model  # noqa: E402
+from sdcpc_core.atomic_files import atomic_write
+from sdcpc_core.classes import ClassList
+from sdcpc_core.data.datasets import IGNORE, VSPWDataset
+from sdcpc_core.data.transforms import ClipEvalTransform
+from sdcpc_core.eval.evaluator import Scorer
+from sdcpc_core.eval.metrics import VC_MODES
+from sdcpc_core.eval.smoothing import parse_smoothing
+from sdcpc_core.runtime.streaming import StreamingSegmenter
+from sdcpc_core.weights import load_model
 
 METRICS = ("mIoU", "mVC8", "mVC16", "mVC8_correct", "mVC16_correct", "accuracy")
 _TINY = torch.finfo(torch.float32).tiny
@@ -110,6 +114,21 @@ def evaluate_checkpoint(path: str, dataset: VSPWDataset, classes: ClassList, spe
     return scores
 
 
+def cached_scores(args: argparse.Namespace, path: str, dataset: VSPWDataset, classes: ClassList) -> dict:
+    """``evaluate_checkpoint`` for ``args``, read from / written to ``args.cache`` when given."""
+    key = json.dumps([str(Path(path).resolve()), Path(path).stat().st_mtime_ns, str(args.data.resolve()), args.split,
+                      args.smoothing, args.short_side, args.consistency_mode, sorted(args.switch_off),
+                      args.max_videos])
+    entry = args.cache / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".json") if args.cache else None
+    if entry is not None and entry.exists():
+        return json.loads(entry.read_text())
+    scores = evaluate_checkpoint(path, dataset, classes, args.smoothing, args.short_side, args.consistency_mode,
+                                 args.switch_off, args.max_videos)
+    if entry is not None:
+        atomic_write(entry, lambda tmp: Path(tmp).write_text(json.dumps(scores)))
+    return scores
+
+
 def summarise(results: dict[str, dict[str, dict[str, dict[str, float]]]], specs: list[str]) -> list[dict]:
     """Rows ``{group, smoothing, seeds, <metric>: (mean, spread)}`` from ``{group: {checkpoint: {spec: scores}}}``."""
     rows = []
@@ -145,11 +164,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--max-videos", type=int, help="only the first N videos (a quick check)")
     p.add_argument("--json", type=Path, help="write every number here")
+    p.add_argument("--cache", type=Path, help="folder of per-checkpoint scores reused across runs")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     for spec in args.smoothing:
         parse_smoothing(spec)  # one sentence for a bad variant before any work
 
+    if args.cache:
+        args.cache.mkdir(parents=True, exist_ok=True)
     dataset = VSPWDataset(args.data, args.split)
     classes = ClassList.from_yaml(args.data / "classes.yaml")
     results: dict = {}
@@ -159,9 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         paths = sorted(glob.glob(pattern))
         if not paths:
             p.error(f"--model {item!r}: no checkpoint matches {pattern!r}")
-        results[group] = {path: evaluate_checkpoint(path, dataset, classes, args.smoothing, args.short_side,
-                                                    args.consistency_mode, args.switch_off, args.max_videos)
-                          for path in paths}
+        results[group] = {path: cached_scores(args, path, dataset, classes) for path in paths}
     rows = summarise(results, args.smoothing)
     print(f"{args.data} {args.split}, streaming, short side {args.short_side}, mVC mode {args.consistency_mode}"
           f"{', switched off: ' + ', '.join(args.switch_off) if args.switch_off else ''}; mean ± spread over seeds")

@@ -16,8 +16,8 @@ generator state gives the same clips.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -122,7 +122,7 @@ class ClipSampler:
         target = int(cand[rng.integers(cand.size)])
         reverse = self.p_reverse > 0 and rng.random() < self.p_reverse
         refs = reference_indices(target, self.offsets, self.video_lengths[video], reverse=reverse)
-        return ClipIndex(video, target, tuple(refs) + (target,), bool(reverse))
+        return ClipIndex(video, target, (*refs, target), bool(reverse))
 
     def sample_many(self, rng: np.random.Generator, count: int) -> list[ClipIndex]:
         return [self.sample(rng) for _ in range(int(count))]

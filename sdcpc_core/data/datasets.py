@@ -59,8 +59,8 @@ from __future__ import annotations
 import os
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
@@ -122,7 +122,7 @@ def read_label(path: str) -> np.ndarray:
         if arr is None:
             raise UnreadableImageError(path) from None
         if arr.ndim != 2:
-            raise UnreadableImageError(path, 'is not a single-channel label image (palette PNGs need Pillow)')
+            raise UnreadableImageError(path, 'is not a single-channel label image (palette PNGs need Pillow)') from None
         return arr.astype(np.uint8)
     try:
         with Image.open(path) as im:
@@ -214,7 +214,7 @@ class _ClipReader:
     def clip(self, video: int, target: int, reverse: bool = False) -> Clip:
         vid = self._videos[video]
         refs = reference_indices(target, self.offsets, len(vid['frames']), reverse=reverse)
-        positions = refs + [target]
+        positions = [*refs, target]
         paths = [self._frame_path(vid, p, target) for p in positions]
         cache: dict[str, np.ndarray] = {}
         frames = []
@@ -397,8 +397,8 @@ class CamVidDataset(_ClipReader):
                 warnings.warn(
                     f'CamVid: no video-frame folder {frames_dir!r}; every labelled frame is used as '
                     f'its own reference frames (clips of one repeated image)', stacklevel=2)
-            for seq, items in labelled.items():
-                for num, (img, ann) in sorted(items.items()):
+            for items in labelled.values():
+                for _num, (img, ann) in sorted(items.items()):
                     self._videos.append({'name': os.path.splitext(os.path.basename(img))[0],
                                          'frames': [img], 'labels': {0: ann}})
         else:

@@ -29,8 +29,8 @@ Inputs: frames are ``(H, W, 3)`` uint8 **RGB**; labels ``(H, W)`` uint8 train id
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -238,7 +238,7 @@ class ClipEvalTransform:
     def __call__(self, frames: Sequence[np.ndarray]) -> dict:
         h, w = np.asarray(frames[0]).shape[:2]
         factor = self.short_side / min(h, w)
-        size = (max(1, int(round(h * factor))), max(1, int(round(w * factor))))
+        size = (max(1, round(h * factor)), max(1, round(w * factor)))
         resized = [_resize(np.asarray(f), size, nearest=False) for f in frames]
         images = normalize_to_tensor(resized, self.mean, self.std)
         d = self.size_divisor

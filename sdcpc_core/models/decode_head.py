@@ -1,6 +1,8 @@
 """SegFormer all-MLP decode head, split so that SD-CPC can reuse its intermediate maps."""
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,7 +27,8 @@ class LevelFusion(nn.Conv2d):
     one thread). Values and gradients are those of SegFormer's formulation (tested in float64).
     """
 
-    def forward(self, features: list[torch.Tensor], projections: nn.ModuleList, scale: torch.Tensor | None = None,
+    # A Conv2d's parameters with another call signature (Conv2d.forward(input) does not apply here).
+    def forward(self, features: list[torch.Tensor], projections: nn.ModuleList, scale: torch.Tensor | None = None,  # type: ignore[override]
                 shift: torch.Tensor | None = None,
                 folded: tuple[list[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         """Backbone levels ``[(B, C_i, h_i, w_i)]``, finest first, and their projections ``C_i -> E`` ->
@@ -45,10 +48,11 @@ class LevelFusion(nn.Conv2d):
         if scale is not None:
             weight = weight * scale[:, None]
         blocks = weight.chunk(len(projections), dim=1)[::-1]  # the concatenation puts the deepest level first
-        bias = sum(block @ linear.bias for block, linear in zip(blocks, projections))
+        linears = [cast(nn.Linear, linear) for linear in projections]
+        bias = cast(torch.Tensor, sum(block @ linear.bias for block, linear in zip(blocks, linears)))  # >= 1 level
         if shift is not None:
             bias = bias + shift
-        return [(block @ linear.weight)[:, :, None, None] for block, linear in zip(blocks, projections)], bias
+        return [(block @ linear.weight)[:, :, None, None] for block, linear in zip(blocks, linears)], bias
 
 
 class SegFormerHead(nn.Module):
@@ -83,6 +87,7 @@ class SegFormerHead(nn.Module):
 
     def _folded_fusion(self) -> tuple[list[torch.Tensor], torch.Tensor]:
         """The fusion's per-level weights and bias with the eval-mode batch norm folded in (``LevelFusion.fold``)."""
+        assert self.bn.running_var is not None and self.bn.running_mean is not None  # tracked (the default)
         scale = self.bn.weight * torch.rsqrt(self.bn.running_var + self.bn.eps)
         return self.linear_fuse.fold(self.linear_c, scale, self.bn.bias - self.bn.running_mean * scale)
 
@@ -91,6 +96,7 @@ class SegFormerHead(nn.Module):
 
     def classify_residual(self, residual: torch.Tensor) -> torch.Tensor:
         """The classifier's linear part (no bias, no dropout) on a residual ``(B, E, h, w)`` -> ``(B, K, h, w)``."""
+        assert self.classifier.bias is not None  # built with a bias
         return self.classifier(residual) - self.classifier.bias.view(1, -1, 1, 1)
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:

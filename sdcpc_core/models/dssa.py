@@ -148,6 +148,7 @@ class DifferenceGate(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(2, 1, 1)
         nn.init.zeros_(self.conv.weight)
+        assert self.conv.bias is not None  # built with a bias
         nn.init.zeros_(self.conv.bias)
 
     def forward(self, difference: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -202,15 +203,19 @@ class TemporalClassifier(nn.Conv2d):
     instead of E x window_dim + K x E, and no E-channel passes for gamma and the gate.
     """
 
-    def forward(self, attended: torch.Tensor, gate: torch.Tensor, proj: nn.Conv2d,
+    # A Conv2d's parameters with another call signature (Conv2d.forward(input) does not apply here).
+    def forward(self, attended: torch.Tensor, gate: torch.Tensor, proj: nn.Conv2d,  # type: ignore[override]
                 gamma: torch.Tensor) -> torch.Tensor:
         """attended ``(B, window_dim, h, w)``, gate ``(B, 1, h, w)``, DSSA's output projection and
         ``gamma`` ``(E, 1, 1)`` -> class logits ``(B, K, h, w)``."""
+        assert proj.bias is not None  # DSSA's output projection has a bias
         weight, bias = inference_constant(self, "folded", lambda: self.fold(proj, gamma), self.weight, proj.weight,
                                           proj.bias, gamma)
         return F.conv2d(attended, weight, bias) * gate
 
     def fold(self, proj: nn.Conv2d, gamma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``W_t diag(gamma) W_p`` as a 1x1 convolution weight ``(K, window_dim, 1, 1)`` and ``W_t (gamma b_p)`` ``(K,)``."""
+        """``W_t diag(gamma) W_p`` as a 1x1 convolution weight ``(K, window_dim, 1, 1)``, and ``W_t (gamma b_p)``
+        ``(K,)``."""
+        assert proj.bias is not None  # DSSA's output projection has a bias
         scaled = self.weight.flatten(1) * gamma.view(1, -1)  # (K, E)
         return (scaled @ proj.weight.flatten(1))[:, :, None, None], scaled @ proj.bias

@@ -30,6 +30,9 @@ class ProjectionHead(nn.Module):
 class ClassPrototypes(nn.Module):
     """Buffers ``prototypes (K, M, D)`` and ``initialized (K, M)``; EMA updates with momentum."""
 
+    prototypes: torch.Tensor
+    initialized: torch.Tensor
+
     def __init__(self, num_classes: int, num_prototypes: int, dim: int, momentum: float) -> None:
         super().__init__()
         self.num_classes = num_classes

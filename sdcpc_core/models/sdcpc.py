@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -118,7 +118,7 @@ class ClipOutput(NamedTuple):
     embeddings: torch.Tensor | None  # (B, D, ceil(H/8), ceil(W/8)) unit-norm, None without temporal part
 
 
-def _build_backbone(name: str, drop_path_rate: float) -> nn.Module:
+def _build_backbone(name: str, drop_path_rate: float) -> MixVisionTransformer | DilatedResNet:
     if name == "resnet101":
         return DilatedResNet((3, 4, 23, 3))
     return MixVisionTransformer(MIT_SPECS[name], drop_path_rate)
@@ -158,7 +158,7 @@ class SDCPC(nn.Module):
         make the temporal model start as its SegFormer (empty for the per-frame baselines)."""
         if not self.config.temporal:
             return []
-        return [self.ssea.gamma, self.dssa.gamma, self.dssa.gate.conv.weight]
+        return [self.ssea.gamma, self.dssa.gamma, cast(nn.Parameter, self.dssa.gate.conv.weight)]
 
     def switch_off(self, alignment: str) -> None:
         """Test-time ablation: zeroes the residual scale of ``"ssea"`` or ``"dssa"``, so that branch adds
@@ -206,6 +206,7 @@ class SDCPC(nn.Module):
         """Static logits of the target plus the classified temporal residual, cropped to their size."""
         correction = self.temporal_classifier(attended, gate, self.dssa.fine.proj, self.dssa.gamma)
         correction = F.interpolate(correction, scale_factor=2.0, mode="bilinear", align_corners=False)
+        assert current.logits is not None  # the target's static logits (checked by the callers)
         h, w = current.logits.shape[-2:]
         return current.logits + correction[..., :h, :w]
 
@@ -224,7 +225,9 @@ class SDCPC(nn.Module):
         if len(refs) == 0:
             raise ValueError("temporal_step needs at least one reference FrameCache (duplicate the current "
                              "frame at a cold start)")
+        assert current.features is not None  # set by a temporal model's encode_frame
         for ref in refs:
+            assert ref.features is not None
             if ref.features.shape != current.features.shape:
                 raise ValueError(f"reference features {tuple(ref.features.shape)} do not match the current "
                                  f"frame's {tuple(current.features.shape)}; all frames must have one size")
@@ -239,14 +242,17 @@ class SDCPC(nn.Module):
         """
         _check_images(frames, 5)
         caches = [self.encode_frame(frames[:, i]) for i in range(frames.shape[1])]
-        static_logits = torch.stack([c.logits for c in caches], dim=1)
+        # encode_frame always sets the logits
+        static_logits = torch.stack(cast(list[torch.Tensor], [c.logits for c in caches]), dim=1)
         current = caches[-1]
+        assert current.logits is not None
         if not self.config.temporal:
             return ClipOutput(static_logits, current.logits, None)
         refs = caches[:-1] or caches
         attended, gate = self.temporal_features(current, *stack_references(refs))
         logits = self.temporal_logits(current, attended, gate)
         h8, w8 = ceil_div(frames.shape[-2], 8), ceil_div(frames.shape[-1], 8)
+        assert current.features is not None  # set by a temporal model's encode_frame
         embeddings = self.projector(current.features + self.dssa.residual(attended, gate))[..., :h8, :w8]
         return ClipOutput(static_logits, logits, embeddings)
 
@@ -254,12 +260,16 @@ class SDCPC(nn.Module):
         """``(B, 3, H, W)`` -> per-frame logits ``(B, K, H/4, W/4)``; ``(B, T, 3, H, W)`` -> ``forward_clip``."""
         if x.dim() == 5:
             return self.forward_clip(x)
-        return self.encode_frame(x).logits
+        logits = self.encode_frame(x).logits
+        assert logits is not None  # encode_frame always sets the logits
+        return logits
 
 
 def stack_references(refs: Sequence[FrameCache]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Reference tensors stacked on dim 1: kv ``(B, R, 2 window_dim, h8, w8)``, coarse, probs ``(B, R, ., h32, w32)``."""
-    return tuple(torch.stack([getattr(r, name) for r in refs], dim=1) for name in ("kv", "coarse", "probs"))
+    """Reference tensors stacked on dim 1: kv ``(B, R, 2 window_dim, h8, w8)``, coarse, probs
+    ``(B, R, ., h32, w32)``."""
+    kv, coarse, probs = (torch.stack([getattr(r, name) for r in refs], dim=1) for name in ("kv", "coarse", "probs"))
+    return kv, coarse, probs
 
 
 def _check_images(x: torch.Tensor, rank: int) -> None:

@@ -21,7 +21,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from abc import ABC, abstractmethod
-from typing import Sequence
+from collections.abc import Sequence
+from typing import cast
 
 import torch
 
@@ -54,7 +55,7 @@ class Backend(ABC):
         if precision == "fp16" and self.device.type != "cuda":
             raise ValueError("precision fp16 needs a CUDA device; use fp32 or bf16 on the CPU")
         self.model = model.eval()
-        self.input_size = tuple(input_size)
+        self.input_size = cast("tuple[int, int]", tuple(input_size))
         self.precision = precision
         self.dtype = PRECISIONS[precision]
         self.num_refs = num_refs
@@ -85,6 +86,8 @@ class Backend(ABC):
     @staticmethod
     def temporal_inputs(current: FrameCache, refs: Sequence[FrameCache]) -> tuple[torch.Tensor, ...]:
         """The temporal program's inputs, in ``TEMPORAL_INPUTS`` order (references stacked on dim 1)."""
+        assert current.features is not None and current.coarse is not None  # a temporal model's encode sets all
+        assert current.probs is not None and current.logits is not None
         return (current.features, current.coarse, current.probs, current.logits, *stack_references(refs))
 
     @abstractmethod

@@ -26,7 +26,8 @@ class StreamingConfig:
     def __post_init__(self) -> None:
         try:
             size = tuple(int(v) for v in self.input_size)
-            size_ok = len(size) == 2 and all(v == s for v, s in zip(size, self.input_size)) and min(size) >= SIZE_MULTIPLE
+            size_ok = (len(size) == 2 and all(v == s for v, s in zip(size, self.input_size))
+                       and min(size) >= SIZE_MULTIPLE)
         except (TypeError, ValueError):
             size, size_ok = None, False
         try:

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 try:  # imported here so that a missing OpenCV is reported when a segmenter is built, not on import
     import cv2
 except ImportError:  # pragma: no cover - depends on the installation
-    cv2 = None
+    cv2 = None  # type: ignore[assignment]  # require_opencv checks for None before any use
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -158,8 +158,7 @@ class ImageAdapter:
         if camera:
             labels = labels.index_select(0, rows).index_select(1, cols)
             confidence = confidence.index_select(0, rows).index_select(1, cols)
-        labels = labels.cpu().numpy().astype(self.label_dtype, copy=False)
-        return labels, confidence.cpu().numpy()
+        return labels.cpu().numpy().astype(self.label_dtype, copy=False), confidence.cpu().numpy()
 
 
 __all__ = ["ENCODINGS", "IMAGENET_MEAN", "IMAGENET_STD", "OUTPUT_RESOLUTIONS", "RESIZE_MODES", "ImageAdapter",

@@ -28,11 +28,12 @@ import json
 import shutil
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
+from ..atomic_files import staging_folder
 from ..models.sdcpc import SDCPC, FrameCache
 from .backends import Backend
 from .onnx_export import OPSET, export_onnx, manifest_problems, model_sha256, read_manifest
@@ -120,8 +121,7 @@ class OnnxRuntimeBackend(Backend):
                           RuntimeWarning, stacklevel=3)
             shutil.rmtree(folder)
         # Export next to the final folder, then rename it into place: no half-written cache entry.
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+        staging = staging_folder(folder)  # mode 0777 & ~umask (mkdtemp's 0700 would be published)
         try:
             manifest = self._export(staging)
             staging.replace(folder)
@@ -185,6 +185,7 @@ class OnnxRuntimeBackend(Backend):
     def temporal(self, current: FrameCache, refs: Sequence[FrameCache]) -> torch.Tensor:
         """Logits ``(1, K, ceil(H/4), ceil(W/4))`` of ``current`` given ``num_refs`` references (oldest first)."""
         self.check_temporal_call(current, refs, fixed_refs=self.is_temporal)
+        assert current.logits is not None  # checked by check_temporal_call
         if not self.is_temporal:
             return current.logits
         inputs = dict(zip(TEMPORAL_INPUTS, self.temporal_inputs(current, refs)))

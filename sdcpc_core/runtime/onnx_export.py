@@ -33,10 +33,11 @@ import datetime
 import hashlib
 import json
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any
 
 import torch
 
@@ -146,10 +147,11 @@ def export_onnx(
         input_names, output_names = names[name]
         onnx_program = torch.onnx.export(program, args=(), f=None, dynamo=True, opset_version=opset,
                                          input_names=list(input_names), output_names=list(output_names))
+        assert onnx_program is not None  # dynamo=True returns the program
         proto = onnx_program.model_proto
         _strip_metadata(proto)
         target = out_dir / GRAPH_FILES[name]
-        atomic_write(target, lambda path, proto=proto: onnx.save_model(proto, path))
+        atomic_write(target, partial(onnx.save_model, proto))  # onnx.save_model(proto, path)
         graphs[name] = {
             "file": target.name,
             "sha256": sha256_file(target),
@@ -224,7 +226,7 @@ def _constant_values(model_proto) -> dict:
     """Name -> numpy value of initializers and ``Constant`` node outputs (main graph)."""
     from onnx import numpy_helper
 
-    values = {init.name: numpy_helper.to_array(init) for init in model_proto.graph.initializer}
+    values: dict[str, Any] = {init.name: numpy_helper.to_array(init) for init in model_proto.graph.initializer}
     for node in model_proto.graph.node:
         if node.op_type == "Constant" and node.domain in _DEFAULT_DOMAINS:
             for attribute in node.attribute:

@@ -78,10 +78,12 @@ def example_inputs(model: SDCPC, height: int, width: int, num_refs: int = 3) -> 
     """Example inputs of each program for one ``height x width`` image (shapes from an eager run)."""
     device = next(model.parameters()).device
     image = torch.zeros(1, 3, height, width, device=device)
-    inputs = {"encode": (image,)}
+    inputs: dict[str, tuple[torch.Tensor, ...]] = {"encode": (image,)}
     if model.is_temporal:
         with torch.no_grad():
             cache = model.encode_frame(image)
+        assert cache.features is not None and cache.kv is not None  # a temporal model's encode_frame sets all
+        assert cache.coarse is not None and cache.probs is not None and cache.logits is not None
 
         def refs(t: torch.Tensor) -> torch.Tensor:
             return t.unsqueeze(1).expand(-1, num_refs, *t.shape[1:]).contiguous()
@@ -105,7 +107,7 @@ def export_programs(
         raise ValueError(f"height and width must be >= {SIZE_MULTIPLE}, got {height}x{width}")
     model.eval()
     inputs = example_inputs(model, height, width, num_refs)
-    programs = {"encode": EncodeFrameProgram(model)}
+    programs: dict[str, nn.Module] = {"encode": EncodeFrameProgram(model)}
     if model.is_temporal:
         programs["temporal"] = TemporalStepProgram(model)
     with torch.no_grad():

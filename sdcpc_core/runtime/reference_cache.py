@@ -6,7 +6,7 @@ their integer nanosecond stamps, picks for each reference offset the buffered fr
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..models.sdcpc import FrameCache
 from .config import StreamingConfig
@@ -37,7 +37,7 @@ class ReferenceCache:
                  max_entries: int | None = None) -> None:
         config = StreamingConfig(reference_offsets=tuple(offsets), frame_period_s=period_s, max_entries=max_entries)
         self.offsets: tuple[int, ...] = config.reference_offsets
-        self.period_ns = int(round(period_s * NS_PER_S))
+        self.period_ns = round(period_s * NS_PER_S)
         self.max_entries = config.entries_limit
         self._stamps: list[int] = []  # ascending
         self._entries: dict[int, FrameCache] = {}
@@ -65,8 +65,8 @@ class ReferenceCache:
     def add(self, stamp_ns: int, cache: FrameCache) -> None:
         """Stores ``cache.without_logits()`` at ``stamp_ns`` (newer than every buffered stamp), then evicts."""
         if self._stamps and stamp_ns <= self._stamps[-1]:
-            raise ValueError(f"ReferenceCache.add needs increasing stamps: got {stamp_ns} ns after {self._stamps[-1]} ns "
-                             "(clear the buffer when time goes backwards)")
+            raise ValueError(f"ReferenceCache.add needs increasing stamps: got {stamp_ns} ns after "
+                             f"{self._stamps[-1]} ns (clear the buffer when time goes backwards)")
         self._stamps.append(stamp_ns)
         self._entries[stamp_ns] = cache.without_logits()
         self._evict()

@@ -113,7 +113,7 @@ class StreamingSegmenter:
         self.label_dtype = np.uint8 if self.num_classes <= 255 else np.uint16
         self.cache = ReferenceCache(self.config.reference_offsets, self.config.frame_period_s, self.config.max_entries)
         self.smoother = parse_smoothing(self.config.smoothing, self.config.reference_offsets)
-        self._max_gap_ns = int(round(self.config.max_gap_s * NS_PER_S))
+        self._max_gap_ns = round(self.config.max_gap_s * NS_PER_S)
         self.images = ImageAdapter(self.config.input_size, self.config.resize_mode, self.config.output_resolution,
                                    self.config.upsample_logits, self.device, self.label_dtype)
         self._last: tuple[int, str, tuple[int, int]] | None = None  # stamp, frame_id, camera size
@@ -123,7 +123,7 @@ class StreamingSegmenter:
     @classmethod
     def from_checkpoint(cls, path_or_name: str | os.PathLike, backend: str = "eager", device: str = "cpu",
                         precision: str = "fp32", input_size: tuple[int, int] | None = None,
-                        **options) -> "StreamingSegmenter":
+                        **options) -> StreamingSegmenter:
         """Loads any weights ``sdcpc_core.weights.resolve.open_model`` reads: a shipped model name, our
         checkpoint, a Hugging Face SegFormer folder or an mmseg / NVlabs ``.pth``.
 
@@ -188,6 +188,7 @@ class StreamingSegmenter:
             self.cache.add(stamp, current)
             self._sync()
         else:
+            assert current.logits is not None  # a per-frame model's encode sets the logits
             references, logits = [], current.logits
         t_tmp = time.perf_counter()
         if self.smoother is not None:

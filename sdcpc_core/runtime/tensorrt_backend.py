@@ -38,8 +38,9 @@ import json
 import logging
 import os
 import warnings
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 
@@ -197,8 +198,7 @@ class TensorRTBackend(Backend):
             if self.cache is None:
                 programs[name] = build(name)
             else:
-                programs[name] = self.cache.get_or_build(self.cache_key, name, lambda name=name: build(name),
-                                                         inputs[name])
+                programs[name] = self.cache.get_or_build(self.cache_key, name, partial(build, name), inputs[name])
         return programs
 
     @property
@@ -223,6 +223,7 @@ class TensorRTBackend(Backend):
     def temporal(self, current: FrameCache, refs: Sequence[FrameCache]) -> torch.Tensor:
         """Logits ``(1, K, ceil(H/4), ceil(W/4))`` of ``current`` given ``num_refs`` references (oldest first)."""
         self.check_temporal_call(current, refs, fixed_refs=self.is_temporal)
+        assert current.logits is not None  # checked by check_temporal_call
         if not self.is_temporal:
             return current.logits
         with torch.inference_mode():

@@ -130,6 +130,7 @@ class _ProgramBackend(_TorchBackend):
     def temporal(self, current: FrameCache, refs: Sequence[FrameCache]) -> torch.Tensor:
         """Logits ``(1, K, ceil(H/4), ceil(W/4))`` of ``current`` given references (oldest first)."""
         self.check_temporal_call(current, refs, fixed_refs=False)
+        assert current.logits is not None  # checked by check_temporal_call
         if not self.is_temporal:
             return current.logits
         if self.fallback_reason is None:

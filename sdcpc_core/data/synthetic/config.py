@@ -8,6 +8,7 @@ from pathlib import Path
 
 CORRUPTIONS = ("noise", "blur", "flicker", "occlusion", "drop")
 FRONTAGES = ("building", "hedge", "wall", "fence", "open")
+MAX_SIDE = 4096  # frame sides in pixels: beyond it one frame and its label maps take gigabytes to render
 
 
 @dataclass(frozen=True)
@@ -20,8 +21,8 @@ class SyntheticConfig:
     seed renders bit-identically. ``config/synthetic/shifted.yaml`` is a distribution-shifted preset.
     """
 
-    height: int = 240  # image height in pixels (>= 16)
-    width: int = 480  # image width in pixels (>= 16)
+    height: int = 240  # image height in pixels (16..4096)
+    width: int = 480  # image width in pixels (16..4096)
     fps: float = 30.0  # frame rate in Hz: motion per frame and stamps follow it
     num_frames: int = 300  # frames per video, dropped frames included (>= 1)
     stamp_jitter_ms: float = 0.0  # each stamp moves by up to +- this many ms (< half a frame period)
@@ -79,8 +80,8 @@ class SyntheticConfig:
             object.__setattr__(self, spec.name, _coerce(spec.name, getattr(self, spec.name), spec.default))
         period_ms = 1000.0 / self.fps if self.fps > 0 else 0.0
         checks = [
-            ("height", self.height >= 16, "an integer >= 16"),
-            ("width", self.width >= 16, "an integer >= 16"),
+            ("height", 16 <= self.height <= MAX_SIDE, f"an integer in 16..{MAX_SIDE}"),
+            ("width", 16 <= self.width <= MAX_SIDE, f"an integer in 16..{MAX_SIDE}"),
             ("fps", 0 < self.fps <= 1000, "in (0, 1000]"),
             ("num_frames", self.num_frames >= 1, "an integer >= 1"),
             ("stamp_jitter_ms", 0 <= self.stamp_jitter_ms < period_ms / 2,

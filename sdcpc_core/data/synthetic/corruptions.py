@@ -69,7 +69,7 @@ class CameraEffects:
             kernel = np.zeros((length, length), np.float32)
             r = (length - 1) / 2
             dx, dy = r * math.cos(math.radians(angle)), r * math.sin(math.radians(angle))
-            cv2.line(kernel, (int(round(r - dx)), int(round(r - dy))), (int(round(r + dx)), int(round(r + dy))), 1.0)
+            cv2.line(kernel, (round(r - dx), round(r - dy)), (round(r + dx), round(r + dy)), 1.0)
             image = cv2.filter2D(image, -1, kernel / kernel.sum(), borderType=cv2.BORDER_REFLECT)
         if "occlusion" in corruptions:
             image = self._occlude(image, index)
@@ -154,7 +154,7 @@ def _vignette(height: int, width: int, strength: float) -> np.ndarray:
 
 
 def _pixel(point) -> tuple[int, int]:
-    return int(round(point[0])), int(round(point[1]))
+    return round(float(point[0])), round(float(point[1]))
 
 
 def _calibrated(draw, target: float, size: float, exponent: float, steps: int = 3) -> np.ndarray:

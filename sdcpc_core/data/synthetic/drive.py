@@ -97,7 +97,7 @@ class SyntheticDrive:
         stamp = index * _NS_PER_S / self.config.fps
         if self.config.stamp_jitter_ms:
             stamp += stream_rng(self.seed, 2, index).uniform(-1, 1) * self.config.stamp_jitter_ms * 1e6
-        return max(int(round(stamp)), 0)
+        return max(round(stamp), 0)
 
     def _check(self, index) -> int:
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < len(self):

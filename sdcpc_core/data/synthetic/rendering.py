@@ -12,8 +12,26 @@ from typing import NamedTuple
 import numpy as np
 
 from .config import SyntheticConfig
-from .scene import (BACKDROP, BLOBS, CELL, CLASS_ID, CURB, FACADE0, GLASS, HEDGE, MARKING, POLY, ROAD, SIDEWALK, SKY,
-                    T_LEAVES, TERRAIN, TEXTURE, World, pad_polygons)
+from .scene import (
+    BACKDROP,
+    BLOBS,
+    CELL,
+    CLASS_ID,
+    CURB,
+    FACADE0,
+    GLASS,
+    HEDGE,
+    MARKING,
+    POLY,
+    ROAD,
+    SIDEWALK,
+    SKY,
+    T_LEAVES,
+    TERRAIN,
+    TEXTURE,
+    World,
+    pad_polygons,
+)
 
 _NEAR = 0.05  # near clipping plane in metres
 # box faces: corner k has x = bit 0, y = bit 1, z = bit 2; faces -x, +x, -y, +y, -z, +z

@@ -78,15 +78,16 @@ def _attend_plain(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int
     acc_dtype = _accumulation_dtype(q)
     regions = _regions(H, W, window, dilation)
     q_s = (q.to(acc_dtype) * scale).unsqueeze(1)  # (B, 1, h, d, H, W)
-    logits = []
+    per_offset = []
     for oy, ox, y0, y1, x0, x1 in regions:
         k_n = k[..., y0 + oy : y1 + oy, x0 + ox : x1 + ox]
         logit = (q_s[..., y0:y1, x0:x1] * k_n).sum(dim=3)  # (B, R, h, y1 - y0, x1 - x0)
         # Out-of-image keys are excluded: their logits are padded with -inf.
-        logits.append(F.pad(logit, (x0, W - x1, y0, H - y1), value=float("-inf")))
+        per_offset.append(F.pad(logit, (x0, W - x1, y0, H - y1), value=float("-inf")))
     # (B, R * n_offsets, h, H, W): one softmax jointly over frames and offsets.
-    # Rebinding the names frees the per-offset logits and the stack early (peak memory).
-    logits = torch.stack(logits, dim=2).flatten(1, 2)
+    # Deleting the per-offset logits and then the stack frees them early (peak memory).
+    logits = torch.stack(per_offset, dim=2).flatten(1, 2)
+    del per_offset
     attn = logits.softmax(dim=1).unflatten(1, (R, len(regions)))
     del logits, q_s
 

@@ -88,7 +88,7 @@ def _backward(ctx, grad_out: torch.Tensor):
     def reference(q_, k_, v_):
         return _unfused(q_, k_, v_, ctx.window, ctx.dilation, ctx.scale)
 
-    _, vjp_fn = torch.func.vjp(reference, q, k, v)
+    vjp_fn = torch.func.vjp(reference, q, k, v)[1]  # (output, vjp function)
     grad_q, grad_k, grad_v = vjp_fn(grad_out)
     return grad_q, grad_k, grad_v, None, None, None
 
@@ -131,18 +131,18 @@ def decompose_to_reference(program: torch.export.ExportedProgram) -> torch.expor
 
 
 # ------------------------------------------------------------------------------ Triton kernel
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def triton_available() -> bool:
     """Whether ``triton`` can be imported (the CUDA kernel falls back to the unfused formulations otherwise)."""
     try:
-        import triton  # noqa: F401
+        import triton
         import triton.language  # noqa: F401
     except Exception:
         return False
     return True
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _triton_kernel():
     """Builds the ``@triton.jit`` kernel on first use (so importing this module never imports triton)."""
     import triton
@@ -150,7 +150,7 @@ def _triton_kernel():
 
     @triton.jit
     def window_attention_fwd(
-        Q, K, V, O,
+        Q, K, V, Out,
         NH, H, W, D,
         sq_b, sq_h, sq_d, sq_y, sq_x,
         sk_b, sk_r, sk_h, sk_d, sk_y, sk_x,
@@ -203,8 +203,8 @@ def _triton_kernel():
                     m_i = m_new
         # The centre key is always inside the image, so l_i > 0 for every pixel in the image.
         out = acc / tl.where(in_image, l_i, 1.0)[:, None]
-        o_ptrs = O + b * so_b + hh * so_h + c[None, :] * so_d + y[:, None] * so_y + x[:, None] * so_x
-        tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=in_image[:, None] & c_ok[None, :])
+        o_ptrs = Out + b * so_b + hh * so_h + c[None, :] * so_d + y[:, None] * so_y + x[:, None] * so_x
+        tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=in_image[:, None] & c_ok[None, :])
 
     return window_attention_fwd
 
