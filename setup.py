@@ -117,8 +117,8 @@ setup(
             'sdcpc-train = sdcpc_core.tools.train:main',
             'sdcpc-eval = sdcpc_core.tools.evaluate:main',
             'sdcpc-bag = sdcpc_ros.bag.cli:main',
-            'segment_node = sdcpc_ros.segment_node:main',
-            'segment_lifecycle_node = sdcpc_ros.segment_node:lifecycle_main',
+            'segment_node = sdcpc_ros.node_main:main',
+            'segment_lifecycle_node = sdcpc_ros.node_main:lifecycle_main',
         ],
     },
 )

@@ -41,3 +41,15 @@ def tiny_temporal_model():
         for parameter in model.zero_initialised_scales():
             parameter.normal_()
     return model.eval()
+
+
+@pytest.fixture
+def synthetic_bag(tmp_path, capsys):
+    """A 3-frame 48x96 synthetic drive written by ``sdcpc-bag synth`` (needs ROS 2: skips without rclpy)."""
+    pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed: pip install -e '.[ros]'")
+    from sdcpc_ros.bag import cli
+
+    bag = tmp_path / "drive.mcap"
+    assert cli.main(["synth", str(bag), "--frames", "3", "--size", "48x96", "--no-progress"]) == 0
+    capsys.readouterr()
+    return bag

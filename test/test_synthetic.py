@@ -163,7 +163,8 @@ def test_p_drop_one_delivers_only_the_first_frame():
 @pytest.mark.parametrize("field, value, accepted", [
     ("p_noise", 1.5, "in \\[0, 1\\]"),
     ("lanes", (3, 2), "range"),
-    ("height", 8, ">= 16"),
+    ("height", 8, "in 16..4096"),
+    ("width", 5000, "in 16..4096"),
     ("height", 64.5, "a number \\(int\\)"),
     ("ego_speed", (1.0,), "a list of 2 floats"),
     ("blur_frames", (0, 2), "frame counts >= 1"),

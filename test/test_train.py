@@ -100,7 +100,7 @@ def test_config_loads_yaml_with_overrides_and_names_bad_fields(tmp_path):
         load_config(path, ["data.crop=[64, 64]"])
     with pytest.raises(ConfigError, match=r"unknown section\(s\) trainer"):
         config_from_dict({"trainer": {}})
-    with pytest.raises(ConfigError, match=r"config field data\.crop_size must be two integers >= 32, got \(16, 16\)"):
+    with pytest.raises(ConfigError, match=r"config field data\.crop_size must be two integers in 32..8192, got \(16, 16\)"):
         load_config(path, ["data.crop_size=[16, 16]"])
     with pytest.raises(ConfigError, match=r"config field runtime\.precision must be one of auto"):
         load_config(path, ["runtime.precision=fp8"])
@@ -281,7 +281,8 @@ def test_init_from_a_segformer_of_another_class_count(tree, tmp_path):
     assert model["decode_head.classifier.weight"].shape[0] == NUM_CLASSES  # kept its own classifier
     trainer.close()
     save_weights(build_model("segformer_b1", NUM_CLASSES, embed_dim=64), tmp_path / "b1.safetensors")
-    with pytest.raises(SetupError, match=r"does not fit the sdcpc_b0 encoder: it has other shapes"):
+    with pytest.raises(SetupError, match=r"\(MiT-B1 encoder\) but model.variant sdcpc_b0 has a MiT-B0 encoder; "
+                                         r"pass --set model.variant=sdcpc_b1"):
         Trainer(tiny_config(tree, tmp_path / "other"), init_from=str(tmp_path / "b1.safetensors"), env=DistEnv())
 
 

@@ -45,7 +45,8 @@ def variant(text: str) -> str:
 
 
 def smoothing(text: str) -> str:
-    """argparse type for a temporal smoothing (``none``, ``ema:A``, ``window[:O1,O2,..]``; ``sdcpc_core.eval.smoothing``)."""
+    """argparse type for a temporal smoothing: ``none``, ``ema:A`` or ``window[:O1,O2,..]``
+    (``sdcpc_core.eval.smoothing``)."""
     from ..eval.smoothing import parse_smoothing
 
     try:
@@ -94,17 +95,20 @@ def check_output_folder(out: Path, overwrite: bool) -> None:
         raise UserError(f"output path {out} exists and is not a folder")
 
 
-def open_weights(prog: str, path_or_name, class_hint: str = "--classes"):
-    """``sdcpc_core.weights.resolve.open_model`` for a tool: prints its sentence on stderr; ``UserError`` when the
-    weights cannot be used."""
+def open_weights(path_or_name, class_hint: str = "--classes"):
+    """``sdcpc_core.weights.resolve.open_model`` for a tool; ``UserError`` when the weights cannot be used. The
+    tool prints ``loaded.message`` (``announce``) once its other checks passed, so that a refusal stays one line."""
     from ..weights.resolve import open_model
 
     try:
-        loaded = open_model(path_or_name, class_hint=class_hint)
+        return open_model(path_or_name, class_hint=class_hint)
     except (OSError, ValueError) as error:
         raise UserError(str(error)) from None
+
+
+def announce(prog: str, loaded) -> None:
+    """The sentence saying what ``open_weights`` loaded, on stderr (stdout keeps the tool's results)."""
     print(f"{prog}: {loaded.message}", file=sys.stderr)
-    return loaded
 
 
 def output_stem(loaded) -> Path:

@@ -26,7 +26,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .cli import SIZE_MULTIPLE, ToolParser, UserError, image_size, open_weights, run_tool
+from .cli import SIZE_MULTIPLE, ToolParser, UserError, announce, image_size, open_weights, run_tool
 
 PROG = "sdcpc-convert"
 MAX_INPUT_SIDE = 8192  # sdcpc_core.weights.format.MAX_INPUT_SIDE
@@ -66,7 +66,7 @@ def _run(args) -> int:
     if size is not None and (max(size) > MAX_INPUT_SIDE or any(side % SIZE_MULTIPLE for side in size)):
         raise UserError(f"--input-size must be multiples of {SIZE_MULTIPLE} in {SIZE_MULTIPLE}..{MAX_INPUT_SIDE}, "
                         f"got {size[0]}x{size[1]}")
-    loaded = open_weights(PROG, args.source)
+    loaded = open_weights(args.source)
     model, info = loaded.model, loaded.info
     classes = loaded.classes if loaded.named_classes else None
     if args.classes is not None:
@@ -77,6 +77,7 @@ def _run(args) -> int:
         if len(classes) != model.num_classes:
             raise UserError(f"the class list {args.classes} has {len(classes)} classes but the model predicts "
                             f"{model.num_classes}; give a list with {model.num_classes} classes")
+    announce(PROG, loaded)
     metadata: dict[str, object] = {}
     if classes is not None:
         metadata["classes"] = classes.to_json()

@@ -6,6 +6,7 @@ Example::
                [--split val] [--streaming] [--consistency-mode vspw|corrected] [--short-side 480]
                [--max-videos N] [--out DIR] [--overwrite] [--classes NAME_OR_YAML] [--device cpu|cuda]
                [--threads 1] [--overlays N] [--switch-off ssea|dssa ...]
+               [--smoothing none|ema:A|window[:O1,O2,..]]
 
 ``--checkpoint`` takes whatever weights the node takes (``sdcpc_core.weights.resolve``): a shipped name,
 an sdcpc checkpoint, a Hugging Face SegFormer folder or an mmseg / NVlabs ``.pth``; one line on stderr
@@ -18,7 +19,9 @@ feeds every video frame by frame through the robot's ``StreamingSegmenter`` (see
 ``sdcpc_core.eval.evaluator``). The class list is ``--classes`` (a shipped name or a YAML file), else
 the checkpoint's own names, else ``<data>/classes.yaml`` when it exists, else the data set's shipped list.
 ``--switch-off ssea`` / ``dssa`` is a test-time ablation: that branch's residual scale is zeroed
-before evaluating (``SDCPC.switch_off``).
+before evaluating (``SDCPC.switch_off``). ``--smoothing ema:0.5`` or ``window`` (the data set's
+reference offsets) smooths the model's probabilities over each video in streaming order, the
+training-free baselines of ``sdcpc_core.eval.smoothing``; it implies ``--streaming``.
 
 The report folder (``report.json``, ``report.md``, PNG plots; see ``sdcpc_core.eval.report``) is
 written into a temporary folder renamed to ``--out`` at the end; an existing ``--out`` is refused
@@ -28,17 +31,28 @@ layout, unreadable data, existing output) are one sentence on stderr, exit statu
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from ..eval.metrics import VC_MODES
-from .cli import ToolParser, UserError, at_least, check_output_folder, in_range, open_weights, output_stem, run_tool
+from .cli import (
+    ToolParser,
+    UserError,
+    announce,
+    at_least,
+    check_output_folder,
+    in_range,
+    open_weights,
+    output_stem,
+    run_tool,
+    smoothing,
+)
 
 PROG = "sdcpc-eval"
 ALIGNMENTS = ("ssea", "dssa")  # SDCPC.switch_off's names, here without importing torch
 DATASETS = ("vspw", "cityscapes", "camvid")
 MAX_SHORT_SIDE = 4320  # an 8K frame's short side; beyond it the resize alone needs gigabytes
-MAX_THREADS = 1024
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,13 +76,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--classes", default=None,
                         help="class list: a shipped name (vspw, cityscapes, camvid) or a YAML file")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    parser.add_argument("--threads", type=in_range(1, MAX_THREADS), default=1,
+    parser.add_argument("--threads", type=in_range(1, os.cpu_count() or 1), default=1,
                         help="torch CPU threads (default 1; more only on a machine with that many idle cores)")
     parser.add_argument("--overlays", type=at_least(0), default=8,
                         help="frames drawn as ground truth | prediction overlays (default 8)")
     parser.add_argument("--switch-off", action="append", choices=ALIGNMENTS, default=[], metavar="BRANCH",
                         help="test-time ablation: evaluate with this alignment branch's residual zeroed "
                              f"({' or '.join(ALIGNMENTS)}; repeatable)")
+    parser.add_argument("--smoothing", type=smoothing, default="none",
+                        help="training-free temporal smoothing of the probabilities: none (default), ema:A "
+                             "(0 < A <= 1, e.g. ema:0.5) or window[:O1,O2,..] (mean over the frame and the "
+                             "reference offsets); implies --streaming")
     return parser
 
 
@@ -131,10 +149,13 @@ def _run(args) -> int:
         check_output_folder(args.out, args.overwrite)
     device = _device(args.device)
     torch.set_num_threads(args.threads)
-    loaded = open_weights(PROG, args.checkpoint)
+    loaded = open_weights(args.checkpoint)
     model, stem = loaded.model, output_stem(loaded)
-    mode = "streaming" if args.streaming else "clip"
-    out = args.out if args.out is not None else stem.with_name(f"{stem.name}-eval-{args.dataset}-{args.split}-{mode}")
+    smoothed = args.smoothing != "none"
+    mode = "streaming" if args.streaming or smoothed else "clip"
+    suffix = "-" + args.smoothing.replace(":", "").replace(",", "_") if smoothed else ""
+    out = args.out if args.out is not None else stem.with_name(
+        f"{stem.name}-eval-{args.dataset}-{args.split}-{mode}{suffix}")
     check_output_folder(out, args.overwrite)
     try:
         for alignment in args.switch_off:
@@ -146,13 +167,15 @@ def _run(args) -> int:
         raise UserError(f"the class list ({classes_source}) has {len(classes)} classes but the checkpoint predicts "
                          f"{model.num_classes}; pass --classes with a list of {model.num_classes} classes")
     dataset = _dataset(args)
+    announce(PROG, loaded)
     try:
         report = evaluate(model, dataset, classes, mode=mode, consistency_mode=args.consistency_mode,
                           short_side=args.short_side, device=device, max_videos=args.max_videos,
-                          num_overlays=args.overlays)
+                          num_overlays=args.overlays, smoothing=args.smoothing)
     except (OSError, ValueError) as error:
         raise UserError(f"evaluation stopped: {error}") from None
-    report.title = f"{stem.name} on {args.dataset} {args.split} ({mode})"
+    plus = f" + {report.info['smoothing']}" if smoothed else ""
+    report.title = f"{stem.name}{plus} on {args.dataset} {args.split} ({mode})"
     report.info = {"checkpoint": str(args.checkpoint), "data": str(args.data), "classes": classes_source,
                    **report.info}
     if args.switch_off:

@@ -27,10 +27,20 @@ import importlib.util
 import json
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
-from .cli import ToolParser, UserError, at_least, check_output_folder, image_size, open_weights, output_stem, run_tool
+from ..atomic_files import staging_folder
+from .cli import (
+    ToolParser,
+    UserError,
+    announce,
+    at_least,
+    check_output_folder,
+    image_size,
+    open_weights,
+    output_stem,
+    run_tool,
+)
 
 PROG = "sdcpc-export"
 
@@ -172,16 +182,16 @@ def _run(args) -> int:
         check_output_folder(args.out, args.overwrite)
     if args.backend == "tensorrt":
         _check_tensorrt_available()
-    loaded = open_weights(PROG, args.checkpoint)
+    loaded = open_weights(args.checkpoint)
     model = loaded.model
     out = args.out if args.out is not None else _default_out(output_stem(loaded), args.backend, args.size, args.refs)
     check_output_folder(out, args.overwrite)
+    announce(PROG, loaded)
 
     from ..runtime.onnx_export import sha256_file
 
     checkpoint_sha = sha256_file(loaded.info.checkpoint.file)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    staging = staging_folder(out)  # mode 0777 & ~umask (mkdtemp's 0700 would be published)
     try:
         export = _export_onnx if args.backend == "onnx" else _export_tensorrt
         status = export(model, staging, args.size, args.refs, checkpoint_sha, args.build_only)

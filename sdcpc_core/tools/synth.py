@@ -26,6 +26,7 @@ from pathlib import Path
 from .cli import ToolParser, at_least, image_size
 
 PROG = "sdcpc-synth"
+MAX_VIDEOS = 100_000  # videos of one run, all splits together: 300 frames each at 240x480 is about 2 TB
 _SEED_ITEM = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
 
 
@@ -38,7 +39,11 @@ def parse_seeds(text: str) -> list[int]:
             raise ValueError(f"seeds must be integers >= 0 or ranges LOW-HIGH (LOW <= HIGH) separated by commas, "
                              f"e.g. 0-39 or 0,3,5; got {text!r}")
         first = int(match.group(1))
-        seeds.extend(range(first, int(match.group(2) or first) + 1))
+        seeds_here = range(first, int(match.group(2) or first) + 1)
+        if len(seeds) + len(seeds_here) > MAX_VIDEOS:  # counted before the list is built
+            raise ValueError(f"{text!r} gives more than {MAX_VIDEOS} seeds; at most {MAX_VIDEOS} videos are written "
+                             f"in one run")
+        seeds.extend(seeds_here)
     if len(set(seeds)) != len(seeds):
         seen: set[int] = set()
         twice = next(seed for seed in seeds if seed in seen or seen.add(seed))
@@ -85,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if not videos:
         return fail("give the seeds of at least one split: --train-seeds, --val-seeds or --test-seeds")
+    total = sum(map(len, videos.values()))
+    if total > MAX_VIDEOS:
+        return fail(f"the splits ask for {total} videos in all; at most {MAX_VIDEOS} are written in one run")
     if args.jpeg_quality > 100:
         return fail(f"--jpeg-quality must be in 1..100, got {args.jpeg_quality}")
     try:

@@ -42,8 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in the output folder from its latest checkpoint")
     parser.add_argument("--init-from", default=None, metavar="WEIGHTS",
-                        help="SegFormer / SD-CPC weights to start from (HF folder, NVlabs or mmseg .pth, sdcpc "
-                             ".safetensors); overrides model.init_from")
+                        help="SegFormer / SD-CPC weights to start from (a shipped name, a Hugging Face folder, an "
+                             "NVlabs or mmseg .pth, an sdcpc .safetensors); overrides model.init_from")
     parser.add_argument("--out", type=Path, default=None, help="run folder (overrides runtime.out_dir)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
                         help="override one configuration field, e.g. --set optim.lr=1e-4 (repeatable)")

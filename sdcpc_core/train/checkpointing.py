@@ -9,7 +9,9 @@ Layout inside a run folder::
 A checkpoint folder is built under a temporary name in ``checkpoints/`` and renamed when both files
 are complete; ``latest`` is then replaced (``os.replace``) and the oldest folders beyond ``keep`` are
 removed. A run killed at any moment therefore leaves ``latest`` naming a complete checkpoint.
-``state.pt`` holds only tensors and plain values and is read with ``torch.load(weights_only=True)``.
+``state.pt`` holds only tensors and plain values and is read with ``torch.load(weights_only=True)``;
+its entries are checked before anything is restored (``read_state``). ``latest`` is only followed to an
+``iter_<step>`` folder directly inside ``checkpoints/``: a damaged or edited pointer is refused, naming it.
 It stores no RNG state: the trainer seeds torch, numpy and python from ``(seed, rank, step)`` at every
 step and the clip stream from ``(seed, sample index)``, so the step and the next sample index are all
 a resume needs, for every process (not only the one that writes checkpoints) and any worker count.
@@ -19,13 +21,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
-from ..atomic_files import atomic_write
+from ..atomic_files import atomic_write, staging_folder
 from ..weights import load_weights, save_weights
+from ..weights.files import load_torch
 
 CHECKPOINTS_DIR = "checkpoints"
 LATEST = "latest"
@@ -58,15 +60,30 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The folder ``checkpoints/latest`` names, or None when there is none."""
-    pointer = Path(run_dir) / CHECKPOINTS_DIR / LATEST
+    """The folder ``checkpoints/latest`` names, or None when there is none.
+
+    ``ValueError`` naming the pointer when it is not UTF-8 or names anything but a complete ``iter_<step>``
+    folder directly inside ``checkpoints/`` (a pointer is never followed out of the run)."""
+    folder = Path(run_dir) / CHECKPOINTS_DIR
+    pointer = folder / LATEST
     if not pointer.is_file():
         return None
-    folder = pointer.parent / pointer.read_text(encoding="utf-8").strip()
-    if not (folder / WEIGHTS_FILE).is_file() or not (folder / STATE_FILE).is_file():
-        raise FileNotFoundError(f"{pointer} names {folder.name}, which is not a complete checkpoint folder "
+    found = ", ".join(p.name for _, p in list_checkpoints(run_dir)) or "none"
+    try:
+        name = pointer.read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError:
+        raise ValueError(f"{pointer} is not UTF-8 text; it must hold the name of a checkpoint folder of this run "
+                         f"(found: {found}): write the newest one's name into it") from None
+    target = folder / name
+    inside = _NAME.match(name) is not None and not target.is_symlink() and (
+        not target.exists() or target.resolve().parent == folder.resolve())
+    if not inside:
+        raise ValueError(f"{pointer} names {name[:80]!r}, which is not a checkpoint folder of this run (an iter_<step> "
+                         f"folder in {folder}; found: {found}): write the newest one's name into it")
+    if not (target / WEIGHTS_FILE).is_file() or not (target / STATE_FILE).is_file():
+        raise FileNotFoundError(f"{pointer} names {name}, which is not a complete checkpoint folder "
                                 f"({WEIGHTS_FILE} + {STATE_FILE})")
-    return folder
+    return target
 
 
 def remove_stale_temporaries(run_dir: Path) -> None:
@@ -85,7 +102,7 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, state: dic
     folder = Path(run_dir) / CHECKPOINTS_DIR
     folder.mkdir(parents=True, exist_ok=True)
     name = checkpoint_name(step)
-    staging = Path(tempfile.mkdtemp(dir=folder, prefix=f".{name}."))
+    staging = staging_folder(folder / name)  # mode 0777 & ~umask, as the published folder must have
     try:
         save_weights(model, staging / WEIGHTS_FILE, metadata=metadata)
         torch.save(state, staging / STATE_FILE)
@@ -103,12 +120,41 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, state: dic
     return final
 
 
+# The entries of state.pt and what each must be.
+STATE_ENTRIES: dict[str, tuple[type, str]] = {
+    "optimizer": (dict, "a mapping"), "scheduler": (dict, "a mapping"), "scaler": (dict, "a mapping"),
+    "step": (int, "an integer >= 0"), "next_sample": (int, "an integer >= 0"),
+    "unreadable_images": (int, "an integer >= 0"),
+}
+
+
+def read_state(folder: Path) -> dict:
+    """The training state of a checkpoint folder, checked entry by entry; ``ValueError`` naming the file."""
+    file = Path(folder) / STATE_FILE
+    state = load_torch(file)  # weights_only: a pickle payload is refused, never run
+    if not isinstance(state, dict):
+        raise ValueError(f"{file} holds a {type(state).__name__}, not a training state")
+    absent = [name for name in STATE_ENTRIES if name not in state]
+    if absent:
+        raise ValueError(f"{file} lacks {', '.join(absent)}")
+    for name, (kind, accepted) in STATE_ENTRIES.items():
+        value = state[name]
+        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+            raise ValueError(f"{file}: {name} must be {accepted}, got {str(value)[:40]!r}")
+    return state
+
+
 def load_checkpoint(folder: Path, model: torch.nn.Module) -> dict:
-    """Loads the weights of a checkpoint folder into ``model`` (strictly) and returns its training state."""
-    load_weights(model, folder / WEIGHTS_FILE, strict=True)
-    return torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+    """Loads the weights of a checkpoint folder into ``model`` (strictly) and returns its training state;
+    ``ValueError`` (``cannot resume from <folder>: ...``) for a damaged one, before the model is touched."""
+    try:
+        state = read_state(folder)
+        load_weights(model, folder / WEIGHTS_FILE, strict=True)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot resume from {folder}: {error}") from None
+    return state
 
 
-__all__ = ["CHECKPOINTS_DIR", "LATEST", "STATE_FILE", "WEIGHTS_FILE", "atomic_write", "atomic_write_text",
-           "checkpoint_name", "latest_checkpoint", "list_checkpoints", "load_checkpoint", "remove_stale_temporaries",
-           "save_checkpoint"]
+__all__ = ["CHECKPOINTS_DIR", "LATEST", "STATE_ENTRIES", "STATE_FILE", "WEIGHTS_FILE", "atomic_write",
+           "atomic_write_text", "checkpoint_name", "latest_checkpoint", "list_checkpoints", "load_checkpoint",
+           "read_state", "remove_stale_temporaries", "save_checkpoint"]

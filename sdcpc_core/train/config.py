@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -44,6 +45,14 @@ MODEL_PARTS = ("backbone", "decode_head", "ssea", "dssa", "temporal_classifier",
 TEMPORAL_PARTS = MODEL_PARTS[2:]
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# What a machine can do: beyond these a run crashes (a segfault in OpenMP, the OOM killer, an overflow)
+# instead of training, so they are refused at load time.
+MAX_SIDE = 8192  # crop and resize sides in pixels
+MAX_SHORT_SIDE = 4320  # validation input short side (an 8K frame's)
+MAX_ITERATIONS = 10**9
+MAX_BATCH = 65536
+MAX_WORKERS = 64  # loader processes per training process
+MAX_WORKERS_PER_CPU = 4
 
 
 class ConfigError(ValueError):
@@ -284,20 +293,25 @@ def _convert(value: Any, kind: Any, name: str) -> Any:
 def _validate(config: TrainConfig) -> None:
     m, d, o, s, lo, v, r = (config.model, config.data, config.optim, config.schedule, config.loss, config.val,
                             config.runtime)
+    cpus = os.cpu_count() or 1
+    max_workers = min(MAX_WORKERS, MAX_WORKERS_PER_CPU * cpus)
     checks = [
         ("data.dataset", d.dataset in DATASETS, f"one of {', '.join(DATASETS)}"),
         ("data.root", bool(d.root), "a folder"),
         ("data.split", bool(d.split), "a split name (e.g. train)"),
         ("data.offsets", len(d.offsets) >= 1 and all(x >= 0 for x in d.offsets), "a non-empty list of integers >= 0"),
-        ("data.batch_size", d.batch_size >= 1, "an integer >= 1"),
-        ("data.crop_size", min(d.crop_size) >= SIZE_MULTIPLE, f"two integers >= {SIZE_MULTIPLE}"),
-        ("data.base_scale", min(d.base_scale) >= 1, "two integers >= 1"),
+        ("data.batch_size", 1 <= d.batch_size <= MAX_BATCH, f"an integer in 1..{MAX_BATCH}"),
+        ("data.crop_size", min(d.crop_size) >= SIZE_MULTIPLE and max(d.crop_size) <= MAX_SIDE,
+         f"two integers in {SIZE_MULTIPLE}..{MAX_SIDE}"),
+        ("data.base_scale", min(d.base_scale) >= 1 and max(d.base_scale) <= MAX_SIDE, f"two integers in 1..{MAX_SIDE}"),
         ("data.ratio_range", 0 < d.ratio_range[0] <= d.ratio_range[1], "two numbers 0 < low <= high"),
         ("data.cat_max_ratio", 0 < d.cat_max_ratio <= 1, "in (0, 1]"),
         ("data.flip_prob", 0 <= d.flip_prob <= 1, "in [0, 1]"),
         ("data.p_start", 0 <= d.p_start <= 1, "in [0, 1]"),
         ("data.p_reverse", 0 <= d.p_reverse <= 1, "in [0, 1]"),
-        ("data.num_workers", d.num_workers >= 0, "an integer >= 0"),
+        ("data.num_workers", 0 <= d.num_workers <= max_workers,
+         f"an integer in 0..{max_workers} (at most {MAX_WORKERS_PER_CPU} per CPU of this machine, and "
+         f"{MAX_WORKERS})"),
         ("optim.lr", o.lr > 0 and math.isfinite(o.lr), "a number > 0"),
         ("optim.head_lr_mult", o.head_lr_mult > 0, "a number > 0"),
         ("optim.weight_decay", o.weight_decay >= 0, "a number >= 0"),
@@ -305,7 +319,7 @@ def _validate(config: TrainConfig) -> None:
         ("optim.eps", o.eps > 0, "a number > 0"),
         ("optim.grad_clip", o.grad_clip >= 0, "a number >= 0 (0: off)"),
         ("optim.accumulation", o.accumulation >= 1, "an integer >= 1"),
-        ("schedule.iterations", s.iterations >= 1, "an integer >= 1"),
+        ("schedule.iterations", 1 <= s.iterations <= MAX_ITERATIONS, f"an integer in 1..{MAX_ITERATIONS:.0e}"),
         ("schedule.warmup_iters", 0 <= s.warmup_iters <= s.iterations, "an integer in 0..schedule.iterations"),
         ("schedule.warmup_ratio", 0 < s.warmup_ratio <= 1, "in (0, 1]"),
         ("schedule.power", s.power >= 0, "a number >= 0"),
@@ -318,11 +332,13 @@ def _validate(config: TrainConfig) -> None:
         ("val.split", bool(v.split) or not (v.every or v.at_end), "a split name (e.g. val)"),
         ("val.max_videos", v.max_videos >= 0, "an integer >= 0 (0: all)"),
         ("val.mode", v.mode in EVAL_MODES, f"one of {', '.join(EVAL_MODES)}"),
-        ("val.short_side", v.short_side >= SIZE_MULTIPLE, f"an integer >= {SIZE_MULTIPLE}"),
+        ("val.short_side", SIZE_MULTIPLE <= v.short_side <= MAX_SHORT_SIDE,
+         f"an integer in {SIZE_MULTIPLE}..{MAX_SHORT_SIDE}"),
         ("val.consistency_mode", v.consistency_mode in VC_MODES, f"one of {', '.join(VC_MODES)}"),
         ("runtime.device", r.device in DEVICES, f"one of {', '.join(DEVICES)}"),
         ("runtime.precision", r.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
-        ("runtime.threads", r.threads >= 0, "an integer >= 0 (0: torch's default)"),
+        ("runtime.threads", 0 <= r.threads <= cpus, f"an integer in 0..{cpus} (this machine's CPU count; 0: "
+                                                    f"torch's default)"),
         ("runtime.log_every", r.log_every >= 1, "an integer >= 1"),
         ("runtime.checkpoint_every", r.checkpoint_every >= 1, "an integer >= 1"),
         ("runtime.keep_checkpoints", r.keep_checkpoints >= 1, "an integer >= 1"),

@@ -2,11 +2,14 @@
 
 Every line of ``log.jsonl`` is one JSON object with ``kind``:
 
-* ``train``: ``iter``, ``lr`` (backbone rate of the last step), ``loss`` and its terms (``static_ce``,
-  ``temporal_ce``, ``mcp``), ``clips_per_s`` and ``data_fraction`` (share of the time spent waiting for
-  data), all over the steps since the previous record (their own time: waiting for data plus
-  computing, not checkpoints or validation), and ``unreadable_images`` (skipped so far);
-* ``val``: ``iter`` and the validation summary (``mIoU``, ``mVC8``, ``mVC16``, ...);
+* ``train``: ``iter``, ``lr`` (base rate of the last step: ``optim.lr`` after the schedule; each parameter
+  group runs at it times its factor, the backbone's is 1 unless ``optim.part_lr_mult`` says otherwise),
+  ``loss`` and its terms (``static_ce``, ``temporal_ce``, ``mcp``), ``clips_per_s`` and ``data_fraction``
+  (share of the time spent waiting for data), all over the steps since the previous record (their own
+  time: waiting for data plus computing, not checkpoints or validation), and ``unreadable_images``
+  (skipped so far);
+* ``val``: ``iter`` and the validation summary (``mIoU``, ``mVC8``, ``mVC16``, ``mVC8_correct``,
+  ``mVC16_correct``, ...);
 * ``event``: ``iter``, ``event`` (``start``, ``resume``, ``checkpoint``, ``diverged``, ``done``) and details.
 
 A resumed run first drops the records after the iteration it resumes from, so the log reads as one
@@ -23,7 +26,7 @@ from .checkpointing import atomic_write, atomic_write_text
 LOG_FILE = "log.jsonl"
 PLOT_FILE = "training.png"
 LOSS_KEYS = ("loss", "static_ce", "temporal_ce", "mcp")
-METRIC_KEYS = ("mIoU", "mVC8", "mVC16")
+METRIC_KEYS = ("mIoU", "mVC8", "mVC16", "mVC8_correct")
 
 
 def read_log(path: Path) -> list[dict]:
@@ -98,7 +101,7 @@ def plot_training(log_path: Path, png_path: Path) -> bool:
     axes[0].set(title="training loss", xlabel="iteration", yscale="log")
     axes[0].legend()
     axes[1].plot(steps, [r["lr"] for r in train])
-    axes[1].set(title="learning rate (backbone)", xlabel="iteration")
+    axes[1].set(title="learning rate (base)", xlabel="iteration")
     axes[1].ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     if val:
         for key in METRIC_KEYS:

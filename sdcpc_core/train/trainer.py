@@ -40,17 +40,28 @@ import yaml
 from torch import distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from ..weights import CLASS_KEYS, load_weights, save_weights
+from ..atomic_files import lock_folder, remove_stale_staging
 from ..classes import ClassList
 from ..models import build_model
 from ..models.layers import ceil_div
-from .checkpointing import (atomic_write_text, checkpoint_name, latest_checkpoint, list_checkpoints, load_checkpoint,
-                            remove_stale_temporaries, save_checkpoint)
+from ..models.sdcpc import SIZE_MULTIPLE
+from ..weights import CLASS_KEYS, load_weights, save_weights
+from ..weights.resolve import inspect_weights, model_variant, shown_names
+from .checkpointing import (
+    STATE_FILE,
+    atomic_write_text,
+    checkpoint_name,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
 from .config import TrainConfig
 from .data import ClipStream, build_loader, build_transform, open_reader, resolve_class_list
-from .logs import PLOT_FILE, RunLog, plot_training
+from .logs import LOG_FILE, PLOT_FILE, RunLog, plot_training
 from .losses import IGNORE_INDEX, TERMS, clip_loss_counts, clip_loss_sums, correct_pixels
-from .optim import PolyWarmupLR, build_optimizer
+from .optim import PolyWarmupLR, build_optimizer, freeze_parts, set_frozen_eval
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +79,25 @@ class SetupError(ValueError):
     """A run that cannot start as configured (one sentence, for the user)."""
 
 
-class TrainingDiverged(RuntimeError):
+def _encoder_name(backbone: str | None) -> str:
+    """``MiT-B1`` / ``ResNet-101`` / a phrase for an encoder sdcpc does not build."""
+    if backbone is None:
+        return "an unsupported"
+    return "ResNet-101" if backbone == "resnet101" else f"MiT-{backbone.removeprefix('mit_').upper()}"
+
+
+def _with_article(label: str) -> str:
+    if label.startswith("the "):
+        return label
+    return ("an " if label[:1].lower() in "aeiou" or label.startswith(("sdcpc", "mmseg", "NVlabs")) else "a ") + label
+
+
+def _classes_phrase(count: int, classes: ClassList | None) -> str:
+    """``19 classes (road, sidewalk, ...)``, or ``19 classes`` without names."""
+    return f"{count} classes" if classes is None else f"{count} classes ({shown_names(classes)})"
+
+
+class TrainingDiverged(RuntimeError):  # noqa: N818 - public name (in __all__, caught by the train tool)
     """A loss became NaN or inf; the message names the iteration, the term and the last good checkpoint."""
 
 
@@ -85,7 +114,7 @@ class DistEnv:
         return self.rank == 0
 
     @classmethod
-    def from_env(cls) -> "DistEnv":
+    def from_env(cls) -> DistEnv:
         return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
                    int(os.environ.get("LOCAL_RANK", 0)))
 
@@ -132,6 +161,8 @@ class Trainer:
         progress: show progress bars (process 0 only).
     """
 
+    _lock = None  # the run folder's FolderLock (process 0, from _write_run_folder on)
+
     def __init__(self, config: TrainConfig, *, resume: bool = False, init_from: str | None = None,
                  env: DistEnv | None = None, progress: bool = True) -> None:
         self.config = config
@@ -159,17 +190,21 @@ class Trainer:
         self.last_lr = 0.0
         self.next_sample = 0  # index of the next sample of the clip stream (sdcpc_core.train.data)
         self.unreadable_images = 0
-        checkpoint = self._prepare_run_folder(resume)
+        checkpoint = self._resume_point(resume)
         if checkpoint is None:
             self._initialise(init_from if init_from is not None else config.model.init_from)
+        else:
+            resumed_state = load_checkpoint(checkpoint, self.model)
+        self._write_run_folder()  # only now: a refused --init-from or checkpoint leaves nothing behind
         if sync_bn:
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.frozen = freeze_parts(self.model, config.model.freeze)  # model.freeze: kept exactly as loaded
         self.model.to(self.device)
         self.optimizer = build_optimizer(self.model, config.optim)
         self.scheduler = PolyWarmupLR(self.optimizer, config.schedule, config.optim.lr)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == torch.float16)
         if checkpoint is not None:
-            self._restore(checkpoint)
+            self._restore(checkpoint, resumed_state)
         self.ddp = None
         if self.env.world_size > 1:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
@@ -179,45 +214,91 @@ class Trainer:
             self.log.write({"kind": "event", "iter": self.step, "event": "resume" if checkpoint else "start",
                             "processes": self.env.world_size, "device": str(self.device),
                             "precision": str(self.precision).removeprefix("torch."),
-                            "micro_batch": self.micro_batch})
+                            "micro_batch": self.micro_batch, "frozen": list(config.model.freeze),
+                            "trained_parameters": sum(p.numel() for p in self.model.parameters() if p.requires_grad)})
         self._warned_unreadable = False
         self._pending_pixels: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._metrics: dict[str, float | None] = {}
 
     # ------------------------------------------------------------------------------ set-up
-    def _prepare_run_folder(self, resume: bool) -> Path | None:
-        """Checks the run folder against ``resume``; writes ``config.yaml``; returns the checkpoint to resume."""
+    def _resume_point(self, resume: bool) -> Path | None:
+        """Checks the run folder against ``resume`` (writing nothing); returns the checkpoint to resume."""
+        for path in (self.out_dir, *self.out_dir.parents):
+            if path.exists():
+                if not path.is_dir():
+                    raise SetupError(f"the run folder {self.out_dir} (runtime.out_dir or --out) cannot be made: {path} "
+                                     f"is a file, not a folder; choose another folder")
+                break
         existing = list_checkpoints(self.out_dir)
         checkpoint = latest_checkpoint(self.out_dir) if resume else None
         if not resume and existing:
             raise SetupError(f"{self.out_dir} already holds a run (checkpoints up to iteration {existing[-1][0]}); "
                              f"pass --resume to continue it, or set runtime.out_dir to a new folder")
-        if self.env.is_main:
-            remove_stale_temporaries(self.out_dir)
-            atomic_write_text(self.out_dir / CONFIG_FILE, yaml.safe_dump(self.config.to_dict(), sort_keys=False))
         if resume and checkpoint is None:
             logger.info("no checkpoint in %s: starting a new run", self.out_dir)
         return checkpoint
 
+    def _write_run_folder(self) -> None:
+        """Locks the run folder (a second run on it is refused), clears what killed runs left behind and
+        writes ``config.yaml`` (process 0)."""
+        if self.env.is_main:
+            self._lock = lock_folder(self.out_dir, "sdcpc-train", option="--out (runtime.out_dir)")
+            remove_stale_temporaries(self.out_dir)
+            remove_stale_staging(self.out_dir, (FINAL_WEIGHTS, CONFIG_FILE, LOG_FILE, PLOT_FILE), self._lock.acquired)
+            atomic_write_text(self.out_dir / CONFIG_FILE, yaml.safe_dump(self.config.to_dict(), sort_keys=False))
+
     def _initialise(self, init_from: str) -> None:
-        """Loads ``init_from`` (any format ``load_weights`` reads); its encoder must fit the model's."""
+        """Loads ``init_from`` (a shipped name or any weights ``sdcpc_core.weights.resolve`` reads).
+
+        Its encoder must be the model's: otherwise one sentence names both and the variant to set. A
+        decode head of another width, a classifier of another class count and temporal parts of other
+        shapes are re-initialised, each with a warning that names both sides."""
         if not init_from:
             return
-        report = load_weights(self.model, init_from, strict=False)
+        info = inspect_weights(init_from)
+        where, config = f"--init-from {init_from}", self.model.config
+        if info.backbone != config.backbone:
+            fix = (f"pass --set model.variant={model_variant(info.backbone, config.temporal)}" if info.backbone
+                   else "give weights of one of the encoders sdcpc builds")
+            raise SetupError(f"{where} is {_with_article(info.label())} ({_encoder_name(info.backbone)} encoder) but "
+                             f"model.variant {self.config.model.variant} has a {_encoder_name(config.backbone)} "
+                             f"encoder; {fix}")
+        ignore_classifier = False
+        source = info.config
+        if source is not None and source.embed_dim != config.embed_dim:
+            logger.warning(f"{where}: its decode head is {source.embed_dim} wide but the model's is {config.embed_dim} "
+                           f"(model.options.embed_dim): the decode head is re-initialised; set model.options "
+                           f"{{embed_dim: {source.embed_dim}}} to keep it")
+        elif source is not None and source.num_classes != len(self.classes):
+            ignore_classifier = True
+            logger.warning(f"{where}: its classifier predicts {_classes_phrase(source.num_classes, info.classes)} but "
+                           f"the training data has {_classes_phrase(len(self.classes), self.classes)}: the classifier "
+                           f"is re-initialised")
+        elif info.classes is not None and info.classes.names != self.classes.names:
+            logger.warning(f"{where}: its classes ({shown_names(info.classes)}) are not the training data's "
+                           f"({shown_names(self.classes)}): its classifier rows are kept in order")
+        report = load_weights(self.model, info.checkpoint, strict=False, ignore_classifier=ignore_classifier)
         absent = [k for k in report.missing if k.startswith("backbone.")]
-        clashes = [m for m in report.mismatched if not m.startswith(CLASS_KEYS)]
+        clashes = [m for m in report.mismatched if m.startswith("backbone.")]
         if absent or clashes:
             problem = (f"has other shapes ({clashes[0]}, {len(clashes)} in all)" if clashes
                        else f"lacks {len(absent)} of its tensors (e.g. {absent[0]})")
-            raise SetupError(f"--init-from {init_from} ({report.source_format}) does not fit the "
-                             f"{self.config.model.variant} encoder: it {problem}; give weights of the same backbone")
-        logger.info("initialised from %s: %s", init_from, report)
+            raise SetupError(f"{where} ({report.source_format}) does not fit the {self.config.model.variant} encoder: "
+                             f"it {problem}; give weights of the same backbone")
+        others = [m for m in report.mismatched if not m.startswith(("backbone.", "decode_head.", *CLASS_KEYS))]
+        if others:
+            logger.warning(f"{where}: {len(others)} tensor(s) of other shapes are re-initialised (e.g. {others[0]})")
+        logger.info("initialised from %s%s: %s", info.label(), "" if info.shipped else f" at {info.path}", report)
 
-    def _restore(self, folder: Path) -> None:
-        state = load_checkpoint(folder, self.model)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+    def _restore(self, folder: Path, state: dict) -> None:
+        """The optimiser, schedule and counters of ``state`` (``load_checkpoint``), the weights being loaded."""
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise SetupError(f"cannot resume from {folder}: its {STATE_FILE} does not fit this run's optimiser "
+                             f"({type(error).__name__}: {str(error)[:200]}); was the configuration changed?") from None
         self.step = int(state["step"])
         self.next_sample = int(state["next_sample"])
         self.unreadable_images = int(state["unreadable_images"])
@@ -255,6 +336,7 @@ class Trainer:
         """Forward and backward of one step's micro-batches; gradients are left in ``.grad`` (averaged over
         processes). Returns the step's loss terms and ``loss``, reduced over processes."""
         cfg, model = self.config, self.model
+        set_frozen_eval(self.frozen)  # model.train() (fit, after validation) switched them back
         self._note_unreadable(group)
         temporal = model.is_temporal
         valid = model.prototypes.initialized.clone() if temporal else None
@@ -294,7 +376,8 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        self.last_lr = self.optimizer.param_groups[0]["lr"]  # the backbone rate this step used
+        first = self.optimizer.param_groups[0]
+        self.last_lr = first["lr"] / first["lr_mult"]  # the base rate this step used (each group: times its factor)
         self.scheduler.step()
         if self.model.is_temporal:
             pixels, labels = zip(*self._pending_pixels)
@@ -419,7 +502,11 @@ class Trainer:
             plot_training(self.log.path, self.out_dir / PLOT_FILE)
 
     def _metadata(self) -> dict:
-        return {"classes": self.classes.to_json(), "iteration": str(self.step)}
+        """The class list, the iteration and the recommended input size: ``data.base_scale`` (the scale ratio
+        1.0 of the training resize) as height (short side) x width, rounded up to multiples of 32."""
+        short, long = sorted(self.config.data.base_scale)
+        size = [ceil_div(short, SIZE_MULTIPLE) * SIZE_MULTIPLE, ceil_div(long, SIZE_MULTIPLE) * SIZE_MULTIPLE]
+        return {"classes": self.classes.to_json(), "iteration": str(self.step), "input_size": size}
 
     def save(self) -> Path | None:
         """Writes ``checkpoints/iter_<step>`` (process 0; the others wait for it)."""
@@ -460,9 +547,11 @@ class Trainer:
         return metrics
 
     def close(self) -> None:
-        """Closes the log and leaves the process group."""
+        """Closes the log, unlocks the run folder and leaves the process group."""
         if self.log is not None:
             self.log.close()
+        if self._lock is not None:
+            self._lock.release()
         if self.env.world_size > 1 and dist.is_initialized():
             dist.destroy_process_group()
 

@@ -58,7 +58,8 @@ Semantics
 ``save_weights(model, path, metadata=None)`` writes our format atomically (a temporary file in the
 same folder, then ``os.replace``): the whole state dict (prototype buffers included) plus metadata
 ``format``, ``format_version``, ``config`` (JSON of the model config) and the user's entries (as strings).
-``load_model(path)`` builds the model from that embedded config and loads it strictly. By convention
+``load_model(path)`` builds the model from that embedded config (checked field by field, then against the
+tensors' shapes on the meta device, before anything is allocated) and loads it strictly. By convention
 the metadata key ``classes`` holds the model's class list (``ClassList.to_json``); ``read_class_list``
 returns it.
 
@@ -70,12 +71,18 @@ Modules
 * :mod:`.keymap`: the renaming rules and the mapped state the converters share;
 * :mod:`.files`: reading safetensors and PyTorch files safely (``weights_only``);
 * :mod:`.loading`: format detection, checks against the model, ``load_weights``, ``load_model``, ``LoadReport``;
-* :mod:`.shipped`: the checkpoints shipped in ``sdcpc_core/assets``.
+* :mod:`.shipped`: the checkpoints shipped in ``sdcpc_core/assets``;
+* :mod:`.resolve`: the one way in for every entry point (node, ``sdcpc-bag``, ``sdcpc-eval``, ``sdcpc-export``,
+  ``sdcpc-convert``, ``sdcpc-train --init-from``): ``open_model(path_or_name)`` builds the model of a shipped
+  name, our checkpoint, a Hugging Face folder or an mmseg ``.pth`` (variant and class count inferred, class
+  names kept) and says in one sentence what it loaded; ``inspect_weights`` reads without building.
 """
 from .files import ACCEPTED_FORMATS
 from .format import read_class_list, save_weights
 from .loading import CLASS_KEYS, CheckpointError, LoadReport, load_model, load_weights
+from .resolve import LoadedModel, WeightsInfo, inspect_weights, open_model
 from .shipped import resolve_checkpoint, shipped_checkpoints
 
-__all__ = ["ACCEPTED_FORMATS", "CLASS_KEYS", "CheckpointError", "LoadReport", "load_model", "load_weights",
-           "read_class_list", "save_weights", "resolve_checkpoint", "shipped_checkpoints"]
+__all__ = ["ACCEPTED_FORMATS", "CLASS_KEYS", "CheckpointError", "LoadReport", "LoadedModel", "WeightsInfo",
+           "inspect_weights", "load_model", "load_weights", "open_model", "read_class_list", "save_weights",
+           "resolve_checkpoint", "shipped_checkpoints"]

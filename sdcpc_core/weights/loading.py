@@ -17,8 +17,16 @@ import torch
 
 from ..models import SDCPC, SDCPCConfig
 from ..models.mit import MIT_SPECS
-from .files import (ACCEPTED_FORMATS, SHOWN, load_torch, read_json_object, read_safetensors, read_torch_meta, sniff,
-                    unwrap)
+from .files import (
+    ACCEPTED_FORMATS,
+    SHOWN,
+    load_torch,
+    read_json_object,
+    read_safetensors,
+    read_torch_meta,
+    sniff,
+    unwrap,
+)
 from .format import FORMAT_NAME, config_from_metadata, convert_sdcpc
 from .keymap import MappedState
 from .resnet import convert_resnet

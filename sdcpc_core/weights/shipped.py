@@ -67,5 +67,5 @@ def resolve_checkpoint(path_or_name: str | os.PathLike) -> Path:
                      "a Hugging Face SegFormer folder instead")
 
 
-__all__ = ["ASSETS_DIR", "CHECKPOINT_SUFFIX", "SHIPPED_INFO", "ShippedInfo", "resolve_checkpoint", "shipped_checkpoints",
-           "shipped_name"]
+__all__ = ["ASSETS_DIR", "CHECKPOINT_SUFFIX", "SHIPPED_INFO", "ShippedInfo", "resolve_checkpoint",
+           "shipped_checkpoints", "shipped_name"]
