@@ -9,10 +9,15 @@ Usage::
 The node subscribes to ``image`` (``sensor_msgs/Image``), or to
 ``image/compressed`` (``sensor_msgs/CompressedImage``) when ``use_compressed``
 is true; both are remapped to ``image_topic``. ``camera_info`` is remapped to
-``camera_info_topic``. Its outputs are relative names, so they end up under
-``namespace``. Parameters come from ``params_file`` (default: the installed
-``config/segment.yaml``); ``backend``, ``device`` and ``use_compressed`` given
-here override the file. ``managed:=true`` starts the lifecycle variant
+``camera_info_topic`` when given; otherwise the node listens beside the image
+topic (``/front/image_raw`` -> ``/front/camera_info``). Its outputs are
+relative names, so they end up under ``namespace``.
+
+Parameters come from ``params_file`` (default: the installed
+``config/segment.yaml``), then the node's own defaults. ``backend``,
+``device`` and ``use_compressed`` override the file only when given on the
+command line: left out (their default is empty), the file decides
+(``sdcpc_ros.launch_params``). ``managed:=true`` starts the lifecycle variant
 (``segment_lifecycle_node``), which waits for configure and activate.
 
 Only APIs available since ROS 2 Humble are used, so the file runs unchanged on
@@ -20,39 +25,52 @@ Humble, Jazzy and Kilted.
 """
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution, PythonExpression
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
-from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
+from sdcpc_ros.launch_params import OVERRIDES, node_parameters, node_remappings
+
 PACKAGE = 'sdcpc_ros'
+BACKENDS = ['eager', 'compile', 'cudagraph', 'onnxruntime', 'tensorrt']
+
+
+def _segment_node(context):
+    """The node, built once the launch arguments have values (so that empty ones can be left out)."""
+    def value(name):
+        return LaunchConfiguration(name).perform(context)
+
+    managed = value('managed') == 'true'
+    return [Node(
+        package=PACKAGE,
+        executable='segment_lifecycle_node' if managed else 'segment_node',
+        name='segment_node',
+        namespace=value('namespace'),
+        output='screen',
+        emulate_tty=True,
+        parameters=node_parameters(value('params_file'), {name: value(name) for name in OVERRIDES}),
+        remappings=node_remappings(value('image_topic'), value('camera_info_topic')),
+        arguments=['--ros-args', '--log-level', value('log_level')],
+    )]
 
 
 def generate_launch_description():
-    image_topic = LaunchConfiguration('image_topic')
-    camera_info_topic = LaunchConfiguration('camera_info_topic')
-    managed = LaunchConfiguration('managed')
-    use_compressed = LaunchConfiguration('use_compressed')
-    params_file = LaunchConfiguration('params_file')
-    namespace = LaunchConfiguration('namespace')
-    backend = LaunchConfiguration('backend')
-    device = LaunchConfiguration('device')
-    log_level = LaunchConfiguration('log_level')
-
     arguments = [
         DeclareLaunchArgument(
             'image_topic', default_value='/camera/image_raw',
             description='Camera image topic (sensor_msgs/Image); with '
                         'use_compressed:=true its "/compressed" sibling is used.'),
         DeclareLaunchArgument(
-            'camera_info_topic', default_value='/camera/camera_info',
+            'camera_info_topic', default_value='',
             description='sensor_msgs/CameraInfo of the camera; republished scaled to '
-                        'the mask size on semantic_mask/camera_info.'),
+                        'the mask size on semantic_mask/camera_info. Empty: the '
+                        'camera_info beside image_topic.'),
         DeclareLaunchArgument(
-            'use_compressed', default_value='false', choices=['true', 'false'],
+            'use_compressed', default_value='', choices=['', 'true', 'false'],
             description='Subscribe to sensor_msgs/CompressedImage on '
-                        '<image_topic>/compressed instead of raw images.'),
+                        '<image_topic>/compressed instead of raw images. Empty: '
+                        'as params_file says.'),
         DeclareLaunchArgument(
             'params_file',
             # Resolved through the ament index (get_package_share_directory)
@@ -64,12 +82,13 @@ def generate_launch_description():
             'namespace', default_value='',
             description='Namespace of the node and of its output topics.'),
         DeclareLaunchArgument(
-            'backend', default_value='eager',
-            choices=['eager', 'compile', 'onnxruntime', 'tensorrt'],
-            description='Inference backend (overrides params_file).'),
+            'backend', default_value='', choices=['', *BACKENDS],
+            description='Inference backend; overrides params_file when given. Empty: '
+                        'as params_file says.'),
         DeclareLaunchArgument(
-            'device', default_value='cpu',
-            description='Inference device: cpu, cuda or cuda:N (overrides params_file).'),
+            'device', default_value='',
+            description='Inference device: cpu, cuda or cuda:N; overrides params_file '
+                        'when given. Empty: as params_file says.'),
         DeclareLaunchArgument(
             'log_level', default_value='info',
             description='Logging level: debug, info, warn, error or fatal.'),
@@ -78,28 +97,4 @@ def generate_launch_description():
             description='Start the managed (lifecycle) node, which loads the model on '
                         'configure and subscribes on activate.'),
     ]
-
-    overrides = {
-        'backend': ParameterValue(backend, value_type=str),
-        'device': ParameterValue(device, value_type=str),
-        'use_compressed': ParameterValue(use_compressed, value_type=bool),
-    }
-
-    node = Node(
-        package=PACKAGE,
-        executable=PythonExpression(
-            ["'segment_lifecycle_node' if '", managed, "' == 'true' else 'segment_node'"]),
-        name='segment_node',
-        namespace=namespace,
-        output='screen',
-        emulate_tty=True,
-        parameters=[params_file, overrides],
-        remappings=[
-            ('image', image_topic),
-            ('image/compressed', [image_topic, '/compressed']),
-            ('camera_info', camera_info_topic),
-        ],
-        arguments=['--ros-args', '--log-level', log_level],
-    )
-
-    return LaunchDescription([*arguments, node])
+    return LaunchDescription([*arguments, OpaqueFunction(function=_segment_node)])

@@ -8,7 +8,8 @@ Includes segment.launch.py twice: namespace ``front`` reading
 ``/front/image_raw`` (and ``/front/camera_info``) and namespace ``rear``
 reading ``/rear/image_raw`` (and ``/rear/camera_info``). The
 outputs of each node are published under its namespace. Both nodes share the
-same parameters file (its ``/**`` key matches any namespace).
+same parameters file (its ``/**`` key matches any namespace); ``backend``,
+``device`` and ``use_compressed`` override it only when given.
 """
 
 from launch import LaunchDescription
@@ -36,15 +37,15 @@ def generate_launch_description():
                 [FindPackageShare(PACKAGE), 'config', 'segment.yaml']),
             description='YAML file with the node parameters (both cameras).'),
         DeclareLaunchArgument(
-            'backend', default_value='eager',
-            choices=['eager', 'compile', 'onnxruntime', 'tensorrt'],
-            description='Inference backend.'),
+            'backend', default_value='',
+            choices=['', 'eager', 'compile', 'cudagraph', 'onnxruntime', 'tensorrt'],
+            description='Inference backend. Empty: as params_file says.'),
         DeclareLaunchArgument(
-            'device', default_value='cpu',
-            description='Inference device: cpu, cuda or cuda:N.'),
+            'device', default_value='',
+            description='Inference device: cpu, cuda or cuda:N. Empty: as params_file says.'),
         DeclareLaunchArgument(
-            'use_compressed', default_value='false', choices=['true', 'false'],
-            description='Subscribe to <image_topic>/compressed.'),
+            'use_compressed', default_value='', choices=['', 'true', 'false'],
+            description='Subscribe to <image_topic>/compressed. Empty: as params_file says.'),
         DeclareLaunchArgument(
             'log_level', default_value='info',
             description='Logging level of the nodes.'),

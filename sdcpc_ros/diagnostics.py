@@ -18,6 +18,7 @@ from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 from .image_codec import ERROR_KINDS
 
 LATENCY_WINDOW = 300  # latencies kept for the percentiles: the newest frames (10 s at 30 Hz)
+MISSING_GAP = 1.5  # a stamp gap of more than this many frame periods means frames were lost upstream
 
 
 @dataclass
@@ -37,13 +38,23 @@ class StatsSnapshot:
     bad_messages: dict[str, int] = field(default_factory=dict)  # kind -> count (every ERROR_KINDS key)
     new_bad_messages: int = 0  # bad messages in this period
     new_errors: int = 0  # errors in this period
+    missing_upstream: int = 0  # frames lost before the node: stamp gaps of more than 1.5 frame periods
 
 
 class NodeStats:
-    """Thread-safe counters: frames received / processed / dropped, latencies, resets, bad input, errors."""
+    """Thread-safe counters: frames received / processed / dropped, latencies, resets, bad input, errors,
+    and frames missing upstream: with ``frame_period_s``, a gap between the stamps of two received frames
+    of more than ``MISSING_GAP`` periods (and at most ``max_gap_s``, beyond which the camera paused)
+    counts ``round(gap / period) - 1`` frames that the camera stamped but the node never received
+    (lost by the transport, or by a publisher or subscription queue)."""
 
-    def __init__(self, clock=time.monotonic) -> None:
+    def __init__(self, clock=time.monotonic, frame_period_s: float | None = None,
+                 max_gap_s: float | None = None) -> None:
         self._clock = clock
+        self._period_ns = round(frame_period_s * 1e9) if frame_period_s else 0
+        self._max_gap_ns = round(max_gap_s * 1e9) if max_gap_s else None
+        self._last_stamp: int | None = None
+        self._missing = 0
         self._lock = threading.Lock()
         self._received = self._processed = self._dropped = self._resets = 0
         self._bad: Counter[str] = Counter()
@@ -52,9 +63,17 @@ class NodeStats:
         self._last_reset = ""
         self._mark = (clock(), 0, 0, 0, 0)  # time, received, processed, bad, errors at the last snapshot
 
-    def received(self) -> None:
+    def received(self, stamp_ns: int | None = None) -> None:
+        """A frame arrived; ``stamp_ns``: its header stamp (None: not valid, no gap is measured)."""
         with self._lock:
             self._received += 1
+            if stamp_ns is None or not self._period_ns:
+                return
+            if self._last_stamp is not None:
+                gap = stamp_ns - self._last_stamp
+                if MISSING_GAP * self._period_ns < gap and (self._max_gap_ns is None or gap <= self._max_gap_ns):
+                    self._missing += round(gap / self._period_ns) - 1
+            self._last_stamp = stamp_ns
 
     def dropped(self, count: int = 1) -> None:
         with self._lock:
@@ -96,7 +115,7 @@ class NodeStats:
                 latency_p50_ms=float(p50), latency_p95_ms=float(p95), resets=self._resets,
                 last_reset=self._last_reset, errors=error_total,
                 bad_messages={kind: self._bad[kind] for kind in ERROR_KINDS},
-                new_bad_messages=bad_total - bad, new_errors=error_total - errors)
+                new_bad_messages=bad_total - bad, new_errors=error_total - errors, missing_upstream=self._missing)
 
 
 def diagnostic_status(snapshot: StatsSnapshot, name: str, hardware_id: str, backend: str,
@@ -119,6 +138,7 @@ def diagnostic_status(snapshot: StatsSnapshot, name: str, hardware_id: str, back
         "received": snapshot.received,
         "processed": snapshot.processed,
         "dropped": snapshot.dropped,
+        "missing upstream": snapshot.missing_upstream,
         "latency p50 (ms)": f"{snapshot.latency_p50_ms:.1f}",
         "latency p95 (ms)": f"{snapshot.latency_p95_ms:.1f}",
         "backend": backend,
@@ -132,4 +152,4 @@ def diagnostic_status(snapshot: StatsSnapshot, name: str, hardware_id: str, back
                             values=[KeyValue(key=key, value=str(value)) for key, value in values.items()])
 
 
-__all__ = ["LATENCY_WINDOW", "NodeStats", "StatsSnapshot", "diagnostic_status"]
+__all__ = ["LATENCY_WINDOW", "MISSING_GAP", "NodeStats", "StatsSnapshot", "diagnostic_status"]

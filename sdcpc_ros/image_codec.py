@@ -21,13 +21,26 @@ decodes once into a new array. ``array_to_image_fields`` copies the array once i
 Bad input raises ``ImageDecodeError`` (a ``ValueError``) with a ``kind``: ``"encoding"`` (an encoding
 or compressed format that is not accepted), ``"zero_size"`` (no pixels), ``"too_large"`` (more
 pixels than ``max_pixels``), ``"size"`` (``data`` length or ``step`` not matching the image size),
-``"corrupt"`` (compressed data that does not decode).
+``"corrupt"`` (compressed data that does not decode, or that the decoder reports as damaged: a
+truncated JPEG with an end marker appended decodes, padded, with a "premature end" warning), and
+``"stamp"`` (a header stamp whose ``nanosec`` is 1e9 or more, see ``check_stamp``).
+
+Decoder messages: libjpeg, libpng and OpenCV print their warnings and errors on the process's
+standard error, once per damaged file. ``compressed_to_array`` catches them (file descriptor 2 is
+pointed at a temporary file while OpenCV decodes, under a lock; anything else written there
+meanwhile, e.g. by another thread, is passed on afterwards), so nothing reaches the terminal, and
+turns the ones that mean lost image data into ``"corrupt"``. Harmless ones (libpng warnings such as
+a known-incorrect sRGB profile, libjpeg's "extraneous bytes before marker" that some USB cameras
+cause) are dropped and the image is kept.
 """
 from __future__ import annotations
 
 import array
+import os
 import re
 import sys
+import tempfile
+import threading
 
 import numpy as np
 
@@ -36,7 +49,8 @@ try:  # a missing OpenCV only matters for compressed images
 except ImportError:  # pragma: no cover - depends on the installation
     cv2 = None
 
-ERROR_KINDS = ("encoding", "size", "zero_size", "too_large", "corrupt")
+ERROR_KINDS = ("encoding", "size", "zero_size", "too_large", "corrupt", "stamp")
+_NS_PER_S = 1_000_000_000
 
 # Named encodings of sensor_msgs/image_encodings.hpp: name -> (channels, numpy dtype).
 _NAMED = {
@@ -164,6 +178,72 @@ def _png_header(buffer: np.ndarray) -> tuple[int, int, int, int] | None:
     return int.from_bytes(header[4:8], "big"), int.from_bytes(header[0:4], "big"), header[8], header[9]
 
 
+# What the decoders print for lost image data; other lines of theirs are harmless and only dropped.
+_DAMAGE = re.compile(r"Corrupt JPEG data: (?!\d+ extraneous bytes before marker)|Premature end of JPEG file|"
+                     r"libpng error")
+_DECODER_LINE = re.compile(r"^(Corrupt JPEG data|Premature end of JPEG|Invalid JPEG|Bogus |Unsupported |Warning: |"
+                           r"libpng (warning|error)|\[ ?(WARN|ERROR|INFO)[: ]|imread_|imdecode_)")
+
+
+class _DecoderOutput:
+    """Points file descriptor 2 at a temporary file while a decoder runs (``capture``), then restores it;
+    the captured decoder lines are returned, anything else is written on to the real stderr."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._descriptor: int | None = None  # an unlinked temporary file, kept for the process
+
+    def capture(self, decode):
+        """``(decode(), decoder lines)``; without a usable stderr, ``decode()`` runs as it is."""
+        with self._lock:
+            try:
+                if self._descriptor is None:
+                    self._descriptor, path = tempfile.mkstemp(prefix="sdcpc-decoder-")
+                    os.unlink(path)
+                sys.stderr.flush()
+                saved = os.dup(2)
+            except (OSError, ValueError, AttributeError):
+                return decode(), []
+            descriptor = self._descriptor
+            try:
+                os.dup2(descriptor, 2)
+                try:
+                    result = decode()
+                finally:
+                    os.dup2(saved, 2)
+            finally:
+                os.close(saved)
+            if not os.fstat(descriptor).st_size:
+                return result, []
+            text = os.pread(descriptor, os.fstat(descriptor).st_size, 0).decode("utf-8", "replace")
+            os.ftruncate(descriptor, 0)
+            os.lseek(descriptor, 0, os.SEEK_SET)  # fd 2 shared this offset: the next capture writes from 0
+        lines = text.splitlines()
+        others = [line for line in lines if not _DECODER_LINE.match(line.strip())]
+        if others:
+            os.write(2, ("\n".join(others) + "\n").encode())
+        return result, [line.strip() for line in lines if _DECODER_LINE.match(line.strip())]
+
+
+_DECODER_OUTPUT = _DecoderOutput()
+
+
+def _decode_quietly(buffer: np.ndarray, flag: int) -> tuple[np.ndarray | None, str | None]:
+    """``cv2.imdecode`` with the decoders' messages caught: (image or None, the first message that means
+    lost image data, or None)."""
+    image, lines = _DECODER_OUTPUT.capture(lambda: cv2.imdecode(buffer, flag))
+    return image, next((line for line in lines if _DAMAGE.search(line)), None)
+
+
+def check_stamp(stamp) -> None:
+    """``ImageDecodeError`` (``"stamp"``) for a ``builtin_interfaces/Time`` whose ``nanosec`` is not below
+    1e9: such a time is not normalised, and reading it as sec + nanosec would put the frame up to 3.3 s
+    after what ``sec`` says, so it is refused rather than guessed."""
+    if not 0 <= int(stamp.nanosec) < _NS_PER_S:
+        raise ImageDecodeError("stamp", f"header stamp has nanosec {int(stamp.nanosec)}, which must be below "
+                                        f"1000000000 (sec {int(stamp.sec)})")
+
+
 def compressed_to_array(msg, max_pixels: int | None = None) -> tuple[np.ndarray, str]:
     """``sensor_msgs/CompressedImage`` (JPEG or PNG) -> ``(array, encoding)``.
 
@@ -204,9 +284,12 @@ def compressed_to_array(msg, max_pixels: int | None = None) -> tuple[np.ndarray,
     _check_pixels(height, width, max_pixels, what)
     rgb_flag = getattr(cv2, "IMREAD_COLOR_RGB", None)  # OpenCV >= 4.10
     flag = rgb_flag if rgb_direct and rgb_flag is not None else cv2.IMREAD_UNCHANGED
-    image = cv2.imdecode(buffer, flag)
+    image, damage = _decode_quietly(buffer, flag)
     if image is None or image.size == 0:
-        raise ImageDecodeError("corrupt", f"{what} could not be decoded (corrupt or truncated data)")
+        raise ImageDecodeError("corrupt", f"{what} could not be decoded (corrupt or truncated data"
+                                          + (f": {damage})" if damage else ")"))
+    if damage is not None:  # decoded, but with parts of the image made up
+        raise ImageDecodeError("corrupt", f"{what} is damaged: the decoder reported '{damage}'")
     if flag == rgb_flag:
         return image, "rgb8"
     channels = 1 if image.ndim == 2 else image.shape[2]
@@ -250,4 +333,4 @@ def array_to_image_fields(image: np.ndarray, encoding: str) -> dict:
 
 
 __all__ = ["ERROR_KINDS", "ImageDecodeError", "array_to_image_fields", "compressed_to_array", "encoding_layout",
-           "image_to_array"]
+           "check_stamp", "image_to_array"]

@@ -9,20 +9,26 @@ the QoS parameters into profiles.
 """
 from __future__ import annotations
 
+import difflib
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
-from rclpy.exceptions import ParameterException
+from rclpy.exceptions import ParameterException, ParameterUninitializedException
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-from sdcpc_core.eval.smoothing import SMOOTHING_SYNTAX, parse_smoothing
+from sdcpc_core.eval.smoothing import SMOOTHING_SYNTAX, is_smoothing
 from sdcpc_core.models.sdcpc import SIZE_MULTIPLE
 from sdcpc_core.runtime.backends import BACKENDS, PRECISIONS
 from sdcpc_core.runtime.image import OUTPUT_RESOLUTIONS
+from sdcpc_core.runtime.torch_backends import COMPILE_MODES
 
 QOS_NAMES = ("sensor_data", "default", "reliable")
+# Parameters that rclpy or the node itself declare besides NodeConfig's, and prefixes of rclpy's families.
+_OTHER_PARAMETERS = ("classes", "use_sim_time", "start_type_description_service", "start_parameter_event_publisher")
+_OTHER_PREFIXES = ("qos_overrides.",)
 MAX_INPUT_SIDE = 8192
 _DEVICE = re.compile(r"^(cpu|cuda|cuda:\d+)$")
 
@@ -46,6 +52,13 @@ class NodeConfig:
     backend: str = _param("eager", "Inference backend.", choices=tuple(BACKENDS))
     device: str = _param("cpu", "Inference device.", accepted="cpu, cuda or cuda:N (N = GPU index)")
     precision: str = _param("fp32", "Arithmetic precision (fp16 needs CUDA).", choices=tuple(PRECISIONS))
+    compile_mode: str = _param("", "torch.compile mode of the compile backend: empty (inductor's default), default, "
+                               "reduce-overhead (CUDA graphs), max-autotune or max-autotune-no-cudagraphs.",
+                               choices=("", *COMPILE_MODES),
+                               accepted="empty (inductor's default) or one of " + ", ".join(COMPILE_MODES))
+    fused_window_attention: bool = _param(True, "Run DSSA's window attention as the fused Triton kernel on CUDA "
+                                          "(eager, compile and cudagraph backends); false: plain PyTorch operators. "
+                                          "SDCPC_FUSED_WINDOW=0 in the environment turns it off too.")
     input_height: int = _param(480, "Network input height in pixels.", low=SIZE_MULTIPLE, high=MAX_INPUT_SIDE,
                                step=SIZE_MULTIPLE)
     input_width: int = _param(864, "Network input width in pixels.", low=SIZE_MULTIPLE, high=MAX_INPUT_SIDE,
@@ -75,6 +88,9 @@ class NodeConfig:
                                        "false: process the newest frame, drop the ones that arrived meanwhile.")
     queue_size: int = _param(30, "Most frames waiting for inference when process_every_frame is true.", low=1,
                              high=10000)
+    queue_limit_mib: int = _param(256, "Most memory (MiB of image data) the frames waiting for inference may hold; "
+                                  "beyond it the oldest are dropped, whatever queue_size allows (the newest frame is "
+                                  "always kept).", low=1, high=1048576)
     input_qos: str = _param("sensor_data", "QoS of the image subscription.", choices=QOS_NAMES)
     input_qos_depth: int = _param(5, "History depth of the image subscription.", low=1, high=10000)
     output_qos: str = _param("default", "QoS of the published topics.", choices=QOS_NAMES)
@@ -149,11 +165,8 @@ def _checked(spec, value):
             ok = ok and bool(value.strip())
         elif spec.name == "device":
             ok = ok and bool(_DEVICE.match(value))
-        elif spec.name == "smoothing" and ok:
-            try:
-                parse_smoothing(value)
-            except ValueError:
-                ok = False
+        elif spec.name == "smoothing":
+            ok = ok and is_smoothing(value)
     else:  # lists
         items = tuple(value) if isinstance(value, (list, tuple)) else None
         if kind == "int[]":
@@ -203,12 +216,41 @@ def declare_parameters(node, read_only: bool = True) -> NodeConfig:
 def read_parameters(node, changes=()) -> NodeConfig:
     """The node's current parameter values (with ``changes``, rclpy ``Parameter`` objects, applied) as a
     validated ``NodeConfig``."""
-    values = {name: node.get_parameter(name).value for name in NodeConfig.names()}
+    values = {name: _value(node, name) for name in NodeConfig.names()}
     values.update({p.name: p.value for p in changes if p.name in values})
     for name, value in values.items():  # rclpy may hand arrays back as array.array
         if not isinstance(value, (bool, int, float, str, list, tuple)):
             values[name] = list(value)
     return NodeConfig(**values)
+
+
+def _value(node, name: str):
+    """A parameter's value; an empty list given on the command line (``-p name:=[]``) leaves the parameter
+    without a type in rclpy, which refuses to read it: it is read as that empty list, which ``NodeConfig``
+    then refuses with the accepted values."""
+    try:
+        return node.get_parameter(name).value
+    except ParameterUninitializedException:
+        return []
+
+
+def unknown_parameters(given: Iterable[str], node_name: str) -> list[str]:
+    """One warning per name of ``given`` (the parameters a node was started with) that is not a
+    parameter of the segment node, naming the closest known ones; rclpy ignores them silently."""
+    known = [*NodeConfig.names(), *_OTHER_PARAMETERS]
+    warnings = []
+    for name in sorted(set(given) - set(known)):
+        if name.startswith(_OTHER_PREFIXES):
+            continue
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+        hint = f"did you mean {_either(close)}?" if close else f"its parameters: {', '.join(NodeConfig.names())}"
+        warnings.append(f"parameter '{name}' is not a parameter of {node_name} and is ignored; {hint}")
+    return warnings
+
+
+def _either(names: list[str]) -> str:
+    """``a``, ``a or b``, ``a, b or c``."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 def qos_profile(name: str, depth: int) -> QoSProfile:
@@ -231,4 +273,4 @@ def latched_qos() -> QoSProfile:
 
 
 __all__ = ["NodeConfig", "ParameterError", "QOS_NAMES", "accepted_values", "declare_parameters", "descriptor",
-           "latched_qos", "qos_profile", "read_parameters"]
+           "latched_qos", "qos_profile", "read_parameters", "unknown_parameters"]

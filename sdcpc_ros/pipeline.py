@@ -3,7 +3,9 @@
 ``SegmentPipeline.submit(msg)`` is all a subscription callback does: it stores the message in a
 ``FrameQueue``. With capacity 1 (the default) the queue holds only the newest frame, and a frame
 that arrives while the worker is busy replaces (drops) the waiting one; with ``process_every_frame``
-it is a bounded FIFO that drops its oldest frame when full. Every drop is counted. The time-keyed
+it is a bounded FIFO that drops its oldest frames when it holds more than ``capacity`` frames or more
+than ``max_bytes`` of image data (``queue_limit_mib``). Every drop is counted, and so are frames
+missing upstream (gaps in the received stamps, ``NodeStats``). The time-keyed
 reference buffer of ``StreamingSegmenter`` picks references by stamp, so dropped frames do not
 upset the temporal model.
 
@@ -28,20 +30,30 @@ from sdcpc_core.runtime.image import ENCODINGS
 from sdcpc_core.runtime.streaming import SegmentationResult, StreamingSegmenter
 
 from .diagnostics import NodeStats
-from .image_codec import ImageDecodeError, array_to_image_fields, compressed_to_array, image_to_array
+from .image_codec import ImageDecodeError, array_to_image_fields, check_stamp, compressed_to_array, image_to_array
 
 _NS_PER_S = 1_000_000_000
 _MASK_ENCODINGS = {np.dtype(np.uint8): "mono8", np.dtype(np.uint16): "mono16"}
 
 
-class FrameQueue:
-    """Frames waiting for the worker, oldest first, at most ``capacity``; a full queue drops its oldest."""
+def _data_bytes(frame) -> int:
+    """Bytes of image data a message holds (``data``; 0 for anything without it)."""
+    return len(getattr(frame, "data", b""))
 
-    def __init__(self, capacity: int) -> None:
+
+class FrameQueue:
+    """Frames waiting for the worker, oldest first: at most ``capacity`` frames and, with ``max_bytes``,
+    at most that many bytes of ``size(frame)`` in all (the newest frame is always kept, even alone
+    above it); a full queue drops its oldest."""
+
+    def __init__(self, capacity: int, max_bytes: int | None = None, size=_data_bytes) -> None:
         if capacity < 1:
             raise ValueError(f"FrameQueue capacity must be >= 1, got {capacity}")
         self._frames: deque = deque()
         self._capacity = capacity
+        self._max_bytes = max_bytes
+        self._size = size
+        self._bytes = 0
         self._ready = threading.Condition()
         self._closed = False
 
@@ -54,15 +66,27 @@ class FrameQueue:
         with self._ready:
             return self._closed
 
-    def put(self, frame) -> bool:
-        """Adds ``frame``; True if a frame was dropped: the oldest waiting one, or ``frame`` once closed."""
+    @property
+    def bytes(self) -> int:
+        """Bytes the waiting frames hold (counted only with ``max_bytes``)."""
+        with self._ready:
+            return self._bytes
+
+    def put(self, frame) -> int:
+        """Adds ``frame``; returns how many frames were dropped: the oldest waiting ones, or ``frame`` (1)
+        once closed."""
         with self._ready:
             if self._closed:
-                return True
-            dropped = len(self._frames) >= self._capacity
-            if dropped:
-                self._frames.popleft()
+                return 1
+            size = self._size(frame) if self._max_bytes is not None else 0
+            dropped = 0
+            while self._frames and (len(self._frames) >= self._capacity or
+                                    (self._max_bytes is not None and self._bytes + size > self._max_bytes)):
+                oldest = self._frames.popleft()
+                self._bytes -= self._size(oldest) if self._max_bytes is not None else 0
+                dropped += 1
             self._frames.append(frame)
+            self._bytes += size
             self._ready.notify()
             return dropped
 
@@ -71,7 +95,11 @@ class FrameQueue:
         with self._ready:
             if not self._frames and not self._closed:
                 self._ready.wait(timeout)
-            return self._frames.popleft() if self._frames and not self._closed else None
+            if not self._frames or self._closed:
+                return None
+            frame = self._frames.popleft()
+            self._bytes -= self._size(frame) if self._max_bytes is not None else 0
+            return frame
 
     def close(self) -> int:
         """Wakes the worker for good and empties the queue; returns how many frames were waiting."""
@@ -79,6 +107,7 @@ class FrameQueue:
             self._closed = True
             waiting = len(self._frames)
             self._frames.clear()
+            self._bytes = 0
             self._ready.notify_all()
             return waiting
 
@@ -166,13 +195,14 @@ class SegmentPipeline:
     """Frames in (``submit``), masks out (``outputs``); a worker thread runs ``process`` per frame.
 
     ``compressed``: the messages are ``CompressedImage``; ``capacity``: frames kept waiting (1: only
-    the newest); ``now_ns``: the node clock (latency = publish time - image stamp); ``logger``: an
-    rclpy logger. ``dynamic_ids``: class ids of the dynamic mask.
+    the newest); ``max_queue_bytes``: the most image data they may hold; ``now_ns``: the node clock
+    (latency = publish time - image stamp); ``logger``: an rclpy logger. ``dynamic_ids``: class ids of
+    the dynamic mask.
     """
 
     def __init__(self, segmenter: StreamingSegmenter, classes: ClassList, outputs: Outputs, stats: NodeStats,
                  logger, now_ns, *, dynamic_ids=(), compressed: bool = False, max_pixels: int | None = None,
-                 capacity: int = 1) -> None:
+                 capacity: int = 1, max_queue_bytes: int | None = None) -> None:
         self.segmenter = segmenter
         self.outputs = outputs
         self.stats = stats
@@ -181,7 +211,7 @@ class SegmentPipeline:
         self._now_ns = now_ns
         self._compressed = compressed
         self._max_pixels = max_pixels
-        self._queue = FrameQueue(capacity)
+        self._queue = FrameQueue(capacity, max_queue_bytes)
         self._camera_info: CameraInfo | None = None
         self._worker: threading.Thread | None = None
 
@@ -192,10 +222,16 @@ class SegmentPipeline:
 
     # ------------------------------------------------------------------------------ callbacks
     def submit(self, msg) -> None:
-        """Subscription callback: stores the frame for the worker (dropping one if the queue is full)."""
-        self.stats.received()
-        if self._queue.put(msg):
-            self.stats.dropped()
+        """Subscription callback: stores the frame for the worker (dropping the oldest if the queue is full)."""
+        try:
+            check_stamp(msg.header.stamp)
+            stamp = stamp_to_ns(msg.header.stamp)
+        except ImageDecodeError:
+            stamp = None  # refused by the worker; no gap is measured from it
+        self.stats.received(stamp)
+        dropped = self._queue.put(msg)
+        if dropped:
+            self.stats.dropped(dropped)
 
     def set_camera_info(self, info: CameraInfo) -> None:
         """camera_info callback: the newest calibration, republished scaled with each mask."""
@@ -247,6 +283,7 @@ class SegmentPipeline:
         Other failures raise (the worker counts them as errors)."""
         start = time.perf_counter()
         try:
+            check_stamp(msg.header.stamp)
             image, encoding = self.decode(msg)
         except ImageDecodeError as error:
             if self.stats.bad_message(error.kind):

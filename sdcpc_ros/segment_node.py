@@ -4,7 +4,8 @@ Topics (relative names: a namespace or a remapping moves them)::
 
     image                      sensor_msgs/Image in (rgb8, bgr8, rgba8, bgra8, mono8)
     image/compressed           sensor_msgs/CompressedImage in (jpeg, png), when use_compressed is true
-    camera_info                sensor_msgs/CameraInfo in (optional)
+    camera_info                sensor_msgs/CameraInfo in (optional; unless remapped, beside the image
+                               topic: image remapped to /front/image_raw -> /front/camera_info)
     semantic_mask              sensor_msgs/Image, mono8 class ids (mono16 for more than 255 classes)
     semantic_mask/color        sensor_msgs/Image, rgb8 class colours          (publish_color)
     semantic_mask/confidence   sensor_msgs/Image, 32FC1 softmax probability   (publish_confidence)
@@ -16,7 +17,10 @@ Topics (relative names: a namespace or a remapping moves them)::
 Every output carries the input image's header (stamp and frame_id). The optional outputs are
 computed only while someone subscribes to them. The class list is also the read-only parameter
 ``classes``. The parameters are those of ``NodeConfig`` (``config/segment.yaml``); invalid values
-stop the node at start-up with the parameter's name and accepted values (exit status 2).
+stop the node at start-up with the parameter's name and accepted values (exit status 2), logged under
+the node's name and namespace; parameters the node does not have are warned about with the closest
+names. The executables start in ``node_main``: SIGINT and SIGTERM stop the node cleanly (exit status
+0) at any moment, the worker before the ROS context, and a second signal during the stop is ignored.
 
 ``SegmentNode`` loads the model and subscribes when it is created. ``SegmentLifecycleNode`` is a
 managed node: ``configure`` loads the model and creates the publishers, ``activate`` subscribes,
@@ -27,12 +31,14 @@ Only rclpy APIs available since ROS 2 Humble are used.
 """
 from __future__ import annotations
 
+import re
 import sys
+from contextlib import contextmanager
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -40,11 +46,20 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import String
 
 from sdcpc_core.classes import ClassList
+from sdcpc_core.runtime.backends import backend_options
 from sdcpc_core.runtime.streaming import StreamingSegmenter
 from sdcpc_core.weights.resolve import LoadedModel, open_model
 
 from .diagnostics import NodeStats, diagnostic_status
-from .parameters import NodeConfig, ParameterError, declare_parameters, latched_qos, qos_profile, read_parameters
+from .parameters import (
+    NodeConfig,
+    ParameterError,
+    declare_parameters,
+    latched_qos,
+    qos_profile,
+    read_parameters,
+    unknown_parameters,
+)
 from .pipeline import Outputs, SegmentPipeline
 
 NODE_NAME = "segment_node"
@@ -80,7 +95,9 @@ def load_segmenter(config: NodeConfig) -> tuple[StreamingSegmenter, ClassList]:
             loaded.model, backend=config.backend, device=config.device, precision=config.precision,
             input_size=network_input_size(config, loaded), reference_offsets=config.reference_offsets,
             frame_period_s=config.frame_period_s, max_gap_s=config.max_gap_s,
-            output_resolution=config.output_resolution, smoothing=config.smoothing)
+            output_resolution=config.output_resolution, smoothing=config.smoothing,
+            backend_options=backend_options(config.backend, compile_mode=config.compile_mode,
+                                            fused_window_attention=config.fused_window_attention))
     except (ValueError, ImportError, RuntimeError) as error:
         raise StartupError(f"parameters backend ({config.backend}), device ({config.device}) and precision "
                            f"({config.precision}): {error}") from None
@@ -119,6 +136,20 @@ def _check_device(device: str) -> None:
                            f"(torch {torch.__version__}); use cpu" + (f" or cuda:0..cuda:{count - 1}" if count else ""))
 
 
+def camera_info_topic(node: Node, image_topic: str, compressed: bool) -> str:
+    """The camera_info topic: ``camera_info`` where a remapping names it, else the image topic's sibling
+    (``/front/image_raw`` or ``/front/image_raw/compressed`` -> ``/front/camera_info``), the
+    image_transport convention, so that remapping ``image`` alone finds the camera's calibration."""
+    resolve = getattr(node, "resolve_topic_name", None)
+    if resolve is None:  # an rclpy without it: the relative name, which remappings still move
+        return CAMERA_INFO_TOPIC
+    remapped = resolve(CAMERA_INFO_TOPIC)
+    if remapped != resolve(CAMERA_INFO_TOPIC, only_expand=True):
+        return remapped
+    base = image_topic.removesuffix("/compressed") if compressed else image_topic
+    return f"{base.rpartition('/')[0]}/{CAMERA_INFO_TOPIC}"
+
+
 class SegmentRuntime:
     """What a configured node runs: the model, the publishers, the diagnostics timer; ``activate``
     subscribes and starts the worker, ``deactivate`` undoes that, ``destroy`` frees everything."""
@@ -133,7 +164,7 @@ class SegmentRuntime:
             logger.warning(f"{config.model} is {self.segmenter.loaded.demo}: expect wrong classes on real camera "
                            f"images; set the parameter 'model' to your own weights (a Hugging Face SegFormer "
                            f"folder, an mmseg .pth or an sdcpc checkpoint).")
-        self.stats = NodeStats()
+        self.stats = NodeStats(frame_period_s=config.frame_period_s, max_gap_s=config.max_gap_s)
         self.dynamic_ids = self._dynamic_ids()
         output_qos = qos_profile(config.output_qos, config.output_qos_depth)
 
@@ -178,18 +209,19 @@ class SegmentRuntime:
             self.segmenter, self.classes, self.outputs, self.stats, node.get_logger(),
             lambda: node.get_clock().now().nanoseconds, dynamic_ids=self.dynamic_ids,
             compressed=config.use_compressed, max_pixels=config.max_image_pixels,
-            capacity=config.queue_size if config.process_every_frame else 1)
+            capacity=config.queue_size if config.process_every_frame else 1,
+            max_queue_bytes=config.queue_limit_mib * 2**20)
         self.pipeline.start()
         message_type, topic = (CompressedImage, COMPRESSED_TOPIC) if config.use_compressed else (Image, IMAGE_TOPIC)
-        self._subscriptions = [
-            node.create_subscription(message_type, topic, self.pipeline.submit,
-                                     qos_profile(config.input_qos, config.input_qos_depth)),
-            # best effort matches reliable and best-effort camera_info publishers alike
-            node.create_subscription(CameraInfo, CAMERA_INFO_TOPIC, self.pipeline.set_camera_info,
-                                     qos_profile("sensor_data", 1)),
-        ]
+        images = node.create_subscription(message_type, topic, self.pipeline.submit,
+                                          qos_profile(config.input_qos, config.input_qos_depth))
+        # best effort matches reliable and best-effort camera_info publishers alike
+        self._subscriptions = [images, node.create_subscription(
+            CameraInfo, camera_info_topic(node, images.topic_name, config.use_compressed),
+            self.pipeline.set_camera_info, qos_profile("sensor_data", 1))]
         node.get_logger().info(
-            f"Segmenting {self._subscriptions[0].topic_name} with {config.model} ({len(self.classes)} classes, "
+            f"Segmenting {images.topic_name} (camera_info {self._subscriptions[1].topic_name}) with "
+            f"{config.model} ({len(self.classes)} classes, "
             f"backend {config.backend}, device {config.device}, {config.precision}, input "
             f"{'x'.join(map(str, self.segmenter.config.input_size))}).")
 
@@ -233,7 +265,23 @@ class _SegmentNodeBase:
     _managed = False  # True: parameters stay writable between cleanup and configure
     _writing_classes = False  # the node itself is setting the read-only 'classes' parameter
 
+    @contextmanager
+    def _releasing_on_failure(self):
+        """Around a node's start: a refused parameter or model is logged under the node's own name and
+        namespace (one sentence); on any failure, a stop signal included, the node is released and the
+        error re-raised."""
+        try:
+            yield
+        except BaseException as error:
+            if isinstance(error, (ParameterError, StartupError)):
+                self.get_logger().fatal(f"Cannot start: {error}")
+            self.destroy_node()
+            raise
+
     def _setup(self) -> NodeConfig:
+        given = getattr(self, "_parameter_overrides", {})  # -p, --params-file, parameter_overrides
+        for warning in unknown_parameters(given, self.get_name()):
+            self.get_logger().warning(warning)
         config = declare_parameters(self, read_only=not self._managed)
         self.declare_parameter(CLASSES_PARAMETER, "", ParameterDescriptor(
             description="The model's class list as JSON (id, name, color); set by the node, read only.",
@@ -274,18 +322,16 @@ class _SegmentNodeBase:
 class SegmentNode(_SegmentNodeBase, Node):
     """The plain node: parameters are read, the model loaded and the image topic subscribed at creation.
 
-    Raises ``ParameterError`` / ``StartupError`` (after releasing the node) when it cannot start.
-    ``kwargs`` go to ``rclpy.node.Node`` (namespace, context, parameter_overrides, ...).
+    Raises ``ParameterError`` / ``StartupError`` when it cannot start, after logging why under its own
+    name and namespace and releasing the node. ``kwargs`` go to ``rclpy.node.Node`` (namespace,
+    context, parameter_overrides, ...).
     """
 
     def __init__(self, node_name: str = NODE_NAME, **kwargs) -> None:
         super().__init__(node_name, **kwargs)
-        try:
+        with self._releasing_on_failure():
             self._start(self._setup())
             self.runtime.activate()
-        except (ParameterError, StartupError):
-            self.destroy_node()
-            raise
 
     def destroy_node(self) -> None:
         self._free()
@@ -299,7 +345,9 @@ class SegmentLifecycleNode(_SegmentNodeBase, LifecycleNode):
 
     def __init__(self, node_name: str = LIFECYCLE_NODE_NAME, **kwargs) -> None:
         super().__init__(node_name, **kwargs)
-        self._setup()
+        with self._releasing_on_failure():
+            self._setup()
+        self.get_logger().info("Unconfigured: configure loads the model, activate subscribes.")
 
     def on_configure(self, state) -> TransitionCallbackReturn:
         try:
@@ -330,33 +378,76 @@ class SegmentLifecycleNode(_SegmentNodeBase, LifecycleNode):
         super().destroy_node()
 
 
-def _run(node_class, args=None) -> int:
-    rclpy.init(args=args)
+SPIN_PERIOD_S = 0.1  # the executor waits this long at most, so a stop signal is handled within it
+
+
+def _init(args) -> None:
+    """``rclpy.init`` without rclpy's signal handlers (``node_main`` has its own: rclpy's would shut the
+    context down before the worker stops); ``StartupError`` for unparsable ROS arguments."""
+    from rclpy.impl.implementation_singleton import rclpy_implementation
+    from rclpy.logging import LoggingSeverity, get_logger_level, set_logger_level
+    from rclpy.signals import SignalHandlerOptions
+
+    set_logger_level("rcl", LoggingSeverity.FATAL)  # its "Failed to parse global arguments" repeats ours
+    unknown = getattr(rclpy_implementation, "UnknownROSArgsError", RuntimeError)
     try:
-        try:
-            node = node_class()
-        except (ParameterError, StartupError) as error:
-            rclpy.logging.get_logger(node_class.__name__).fatal(f"Cannot start: {error}")
-            return 2
-        try:
-            rclpy.spin(node)
-        except (KeyboardInterrupt, ExternalShutdownException):
-            pass
-        finally:
-            node.destroy_node()
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    except unknown as error:
+        names = re.findall(r"'((?:[^'\\]|\\.)*)'", str(error)) or [str(error)]  # str(error) is "['a', 'b']"
+        raise StartupError(f"the ROS arguments cannot be used: unknown ROS argument(s) {' '.join(names)} after "
+                           "--ros-args (quote a value with spaces)") from None
+    except getattr(rclpy_implementation, "RCLError", RuntimeError) as error:
+        reason = re.sub(r",? at [^,]*:\d+", "", str(error)).removeprefix("failed to initialize rcl: ")
+        raise StartupError(f"the ROS arguments cannot be used: {' '.join(reason.split())}; see "
+                           "https://docs.ros.org/en/rolling/How-To-Guides/Node-arguments.html") from None
+    if get_logger_level("rcl") == LoggingSeverity.FATAL:  # not set by --log-level: back to the default
+        set_logger_level("rcl", LoggingSeverity.UNSET)
+
+
+def run_node(node_class, args=None, signals=None) -> int:
+    """Runs a node of ``node_class`` until a stop signal (``node_main.StopSignals``); returns the exit status:
+    0 after a stop, 2 when it cannot start (one sentence logged). The worker is stopped and the node
+    destroyed before the context is shut down, and no signal interrupts that."""
+    from .node_main import StopRequested
+
+    try:
+        _init(args)
+    except StartupError as error:
+        rclpy.logging.get_logger(NODE_NAME).fatal(f"Cannot start: {error}")
+        return 2
+    node = None
+    try:
+        node = node_class()
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        while rclpy.ok():
+            executor.spin_once(timeout_sec=SPIN_PERIOD_S)
+    except (ParameterError, StartupError):  # logged by the node
+        return 2
+    except (StopRequested, KeyboardInterrupt, ExternalShutdownException) as stop:
+        if node is not None:
+            node.get_logger().info(f"Stopping ({stop or 'shutdown'}).")
     finally:
+        if signals is not None:
+            signals.stopping()
+        if node is not None:
+            node.destroy_node()
         rclpy.try_shutdown()
     return 0
 
 
 def main(args=None) -> int:
-    """Entry point of ``segment_node``."""
-    return _run(SegmentNode, args)
+    """Entry point of ``segment_node`` (``node_main.main``: signals are handled from its first line)."""
+    from .node_main import main as node_main
+
+    return node_main(args)
 
 
 def lifecycle_main(args=None) -> int:
     """Entry point of ``segment_lifecycle_node``."""
-    return _run(SegmentLifecycleNode, args)
+    from .node_main import lifecycle_main as node_main
+
+    return node_main(args)
 
 
 if __name__ == "__main__":

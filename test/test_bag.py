@@ -4,7 +4,9 @@ Bags are tiny (48x96 images, about a dozen frames); the model is a tiny SD-CPC c
 Cityscapes classes, 64x96 network input) written by the tests.
 """
 import json
+import os
 import re
+import stat
 import sys
 from pathlib import Path
 
@@ -257,17 +259,22 @@ def test_offline_eval_counts_and_shows_frames_without_labels(tmp_path, checkpoin
     assert "frames_without_label_list | 2-3, 7" in (outputs.report / "report.md").read_text()
 
 
-def test_offline_eval_refuses_an_unsupported_encoding(tmp_path, checkpoint):
-    bag_path = tmp_path / "depth.mcap"
-    with BagWriter(bag_path) as bag:
+def _image_bag(path: Path, frame_id: str, height: int, width: int, encoding: str, step: int) -> Path:
+    """A bag of three zero images on /camera/image_raw with these fields."""
+    with BagWriter(path) as bag:
         store = bag.store
         connection = bag.add_topic("/camera/image_raw", "sensor_msgs/msg/Image")
         Header, Time = store.types["std_msgs/msg/Header"], store.types["builtin_interfaces/msg/Time"]
         for i in range(3):
             message = store.types["sensor_msgs/msg/Image"](
-                header=Header(stamp=Time(sec=1, nanosec=i), frame_id="depth"), height=4, width=4, encoding="32FC1",
-                is_bigendian=0, step=16, data=np.zeros(64, np.uint8))
+                header=Header(stamp=Time(sec=1, nanosec=i), frame_id=frame_id), height=height, width=width,
+                encoding=encoding, is_bigendian=0, step=step, data=np.zeros(height * step, np.uint8))
             bag.write_message(connection, i, message)
+    return path
+
+
+def test_offline_eval_refuses_an_unsupported_encoding(tmp_path, checkpoint):
+    bag_path = _image_bag(tmp_path / "depth.mcap", "depth", 4, 4, "32FC1", 16)
     config = NodeConfig(model=str(checkpoint), input_height=INPUT[0], input_width=INPUT[1])
     with pytest.raises(BagError, match=r"/camera/image_raw in bag .*depth\.mcap: .*image encoding '32FC1' is not "
                                        r"supported; accepted encodings: rgb8"):
@@ -302,7 +309,7 @@ def test_cli_synth_then_eval(tmp_path, capsys, checkpoint):
                           "--storage", "sqlite3", "--overlays", 0, "--no-progress", "--overwrite")
     assert code == 0, err
     assert not stale.exists() and (tmp_path / "d_eval" / "report" / "report.json").is_file()
-    assert sorted(p.name for p in (tmp_path / "d_eval").iterdir()) == ["report", "semantic_mask.db3"]
+    assert sorted(p.name for p in (tmp_path / "d_eval").iterdir()) == [".sdcpc.lock", "report", "semantic_mask.db3"]
 
 
 def test_cli_user_errors_are_one_sentence(tmp_path, capsys, drive_bag, checkpoint):
@@ -321,6 +328,11 @@ def test_cli_user_errors_are_one_sentence(tmp_path, capsys, drive_bag, checkpoin
          "parameter 'model'.*none.safetensors"),
         (("synth", tmp_path / "s.mcap", "--storage", "sqlite3"), "suffix .mcap of mcap storage"),
         (("play", drive_bag, "--remap", "/a"), "remap rule '/a' must look like"),
+        (("play", drive_bag, "--remap", "/camera/image_raw:=bad name"),
+         "remap rule '/camera/image_raw:=bad name': 'bad name' is not a valid topic name \\(topic name must not "
+         "contain characters other than alphanumerics"),
+        (("play", drive_bag, "--domain-id", "999"), "argument --domain-id: must be an integer in 0..232, got '999'"),
+        (("eval", drive_bag, "--live", "--domain-id", "233"), "argument --domain-id: must be an integer in 0..232"),
     ]
     for argv, pattern in cases:
         code, _, err = _cli(capsys, *argv)
@@ -345,3 +357,117 @@ def test_params_file_sets_the_node_parameters(tmp_path, checkpoint):
     shipped = Path(__file__).resolve().parent.parent / "config" / "segment.yaml"  # the node's own file reads as is
     args = cli.build_parser().parse_args(["eval", "b.mcap", "--params-file", str(shipped)])
     assert cli.node_config(args).input_size == (480, 864)
+
+
+def test_smoothing_option_reaches_the_node_pipeline(tmp_path, capsys, checkpoint, drive_bag):
+    """``--smoothing`` is the node's ``smoothing`` parameter: the masks are the smoothing segmenter's."""
+    from sdcpc_ros.parameters import ParameterError
+
+    out = tmp_path / "smoothed"
+    code, stdout, err = _cli(capsys, "eval", drive_bag, "--model", checkpoint, "--input-size", "64x96",
+                             "--smoothing", "window", "--out", out, "--overlays", 0, "--no-progress")
+    assert code == 0, err
+    assert "mVC8_correct" in stdout
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["info"]["smoothing"] == "window" and " + window on drive.mcap" in report["title"]
+    segmenter = StreamingSegmenter.from_checkpoint(checkpoint, input_size=INPUT, frame_period_s=0.0333,
+                                                   smoothing="window")
+    plain = StreamingSegmenter.from_checkpoint(checkpoint, input_size=INPUT, frame_period_s=0.0333)
+    changed = 0
+    for (_, image), (_, mask) in zip(_read(drive_bag, "/camera/image_raw"), _read(out / "semantic_mask.mcap",
+                                                                                 "/semantic_mask")):
+        rgb, stamp = image_to_array(image)[0].copy(), stamp_to_ns(image.header.stamp)
+        expected = segmenter.step(rgb, stamp, "camera").labels
+        np.testing.assert_array_equal(image_to_array(mask)[0], expected)
+        changed += int((expected != plain.step(rgb, stamp, "camera").labels).sum())
+    assert changed > 0  # the window changed some labels of this drive
+
+    code, _, err = _cli(capsys, "eval", drive_bag, "--live", "--smoothing", "ema:0.5")
+    assert code == 2 and "--smoothing applies to offline evaluation" in err
+    code, _, err = _cli(capsys, "eval", drive_bag, "--smoothing", "ema")
+    assert code == 2 and "smoothing 'ema' needs its factor (e.g. ema:0.5)" in err and err.count("\n") == 1
+    with pytest.raises(ParameterError, match=r"parameter 'smoothing' must be none, ema:A .*; got 'median'"):
+        NodeConfig(smoothing="median")
+    assert NodeConfig(smoothing="ema:0.3").smoothing == "ema:0.3"
+
+
+
+# ------------------------------------------------------------------------------ outputs: all or nothing
+def _unsegmentable_bag(path: Path) -> Path:
+    """A bag whose every image is empty: "no frame ... could be segmented", after the run has started."""
+    return _image_bag(path, "camera", 0, 0, "rgb8", 0)
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_failed_overwrite_keeps_the_previous_outputs(tmp_path, capsys, checkpoint, drive_bag):
+    out = tmp_path / "out"
+    options = ("--model", checkpoint, "--input-size", "64x96", "--overlays", 0, "--no-progress", "--out", out)
+    code, _, err = _cli(capsys, "eval", drive_bag, *options)
+    assert code == 0, err
+    before = _tree(out)
+    empty = _unsegmentable_bag(tmp_path / "empty.mcap")
+    code, _, err = _cli(capsys, "eval", empty, *options, "--overwrite")
+    assert code == 2 and "could be segmented" in err.splitlines()[-1] and "Traceback" not in err, err
+    assert _tree(out) == before  # the old bag beside its own report, byte for byte; no staging left
+    assert sorted(p.name for p in out.iterdir()) == [".sdcpc.lock", "report", "semantic_mask.mcap"]
+
+
+def test_a_failed_run_into_a_new_folder_leaves_nothing(tmp_path, capsys, checkpoint):
+    empty = _unsegmentable_bag(tmp_path / "empty.mcap")
+    out = tmp_path / "new" / "out"
+    code, _, err = _cli(capsys, "eval", empty, "--model", checkpoint, "--input-size", "64x96", "--no-progress",
+                        "--out", out)
+    assert code == 2 and "could be segmented" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.mcap"]
+
+
+def test_a_second_eval_on_a_locked_folder_is_refused(tmp_path, capsys, checkpoint, drive_bag):
+    from sdcpc_core.atomic_files import lock_folder
+
+    out = tmp_path / "out"
+    with lock_folder(out, "sdcpc-bag eval (test)"):
+        code, _, err = _cli(capsys, "eval", drive_bag, "--model", checkpoint, "--input-size", "64x96",
+                            "--no-progress", "--out", out)
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"--out {out} is in use by another run (pid {os.getpid()}: sdcpc-bag eval (test)); wait for it to " \
+           "finish or choose another --out" in err, err
+    assert not (out / "report").exists() and not (out / "semantic_mask.mcap").exists()
+
+
+def test_leftovers_of_killed_runs_are_removed_at_the_next_run(tmp_path, capsys, checkpoint, drive_bag):
+    out = tmp_path / "out"
+    out.mkdir()
+    leftovers = [out / ".semantic_mask.mcap.4194304-0a1b2c3d4e5f.tmp", out / ".report.k2j3h4g5", out / ".eval.1-ab.tmp",
+                 out / ".semantic_mask.mcap.old-77"]
+    for path in leftovers:
+        path.mkdir() if "report" in path.name or "eval" in path.name else path.write_bytes(b"half")
+        os.utime(path, (1e9, 1e9))  # long before this run
+    keep = out / "notes.txt"
+    keep.write_text("the user's")
+    code, _, err = _cli(capsys, "eval", drive_bag, "--model", checkpoint, "--input-size", "64x96", "--overlays", 0,
+                        "--no-progress", "--out", out)
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == [".sdcpc.lock", "notes.txt", "report", "semantic_mask.mcap"]
+
+
+@pytest.mark.skipif(not hasattr(os, "umask"), reason="needs POSIX permissions")
+def test_outputs_have_the_permissions_of_the_umask(tmp_path, capsys, checkpoint, drive_bag):
+    previous = os.umask(0o022)
+    try:
+        code, _, err = _cli(capsys, "eval", drive_bag, "--model", checkpoint, "--input-size", "64x96",
+                            "--overlays", 1, "--no-progress", "--out", tmp_path / "out")
+    finally:
+        os.umask(previous)
+    assert code == 0, err
+    for path in [tmp_path / "out", *(tmp_path / "out").rglob("*")]:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode == (0o755 if path.is_dir() else 0o644), (path, oct(mode))
+
+
+def test_domain_id_from_the_environment_is_checked(capsys, monkeypatch, drive_bag):
+    monkeypatch.setenv("ROS_DOMAIN_ID", "999")
+    code, _, err = _cli(capsys, "play", drive_bag)
+    assert code == 2 and "ROS_DOMAIN_ID must be a ROS domain id in 0..232" in err and "999" in err, err

@@ -1,5 +1,6 @@
 """sdcpc_ros.image_codec: Image / CompressedImage <-> numpy, on rclpy and rosbags message objects."""
 import array
+import os
 import sys
 
 import cv2
@@ -240,3 +241,63 @@ def test_array_to_image_fields_takes_strided_and_swapped_arrays():
 def test_array_to_image_fields_refuses_mismatched_arrays(encoding, pixels, words):
     with pytest.raises(ValueError, match=words):
         array_to_image_fields(pixels, encoding)
+
+
+# --------------------------------------------------------------------------------- decoder messages
+def _noisy_rgb(height=96, width=128):
+    """A photo-like image whose JPEG has a long entropy-coded segment (truncating it loses blocks)."""
+    return cv2.GaussianBlur(_pixels(height, width, 3, seed=5), (5, 5), 0)
+
+
+def test_truncated_files_are_corrupt_frames_and_print_nothing(capfd):
+    """Truncated JPEGs and PNGs, the JPEG also with an end marker appended (libjpeg decodes it, padded,
+    after printing "Corrupt JPEG data: premature end of data segment"): each is a "corrupt" frame, and
+    the decoders' lines never reach the terminal."""
+    jpeg = _encode(".jpg", _noisy_rgb()).tobytes()
+    png = _encode(".png", _noisy_rgb()).tobytes()
+    cases = {
+        "jpeg cut, end marker appended": jpeg[: len(jpeg) // 2] + b"\xff\xd9",
+        "jpeg cut at two thirds, end marker appended": jpeg[: 2 * len(jpeg) // 3] + b"\xff\xd9",
+        "png cut": png[: len(png) // 2],
+        "png cut before IEND": png[:-20],
+        "png with a flipped byte": png[: len(png) // 2] + bytes([png[len(png) // 2] ^ 0xFF]) + png[len(png) // 2 + 1:],
+    }
+    capfd.readouterr()
+    for name, data in cases.items():
+        with pytest.raises(ImageDecodeError) as caught:
+            compressed_to_array(_compressed(np.frombuffer(data, np.uint8), "jpeg" if "jpeg" in name else "png"))
+        assert caught.value.kind == "corrupt", name
+        if name == "jpeg cut, end marker appended":
+            assert "reported 'Corrupt JPEG data: premature end of data segment'" in str(caught.value)
+    image, encoding = compressed_to_array(_compressed(np.frombuffer(jpeg, np.uint8), "jpeg"))  # intact: decodes
+    assert image.shape == (96, 128, 3) and encoding == "rgb8"
+    captured = capfd.readouterr()
+    assert captured.err == "" and captured.out == "", captured
+
+
+def test_other_output_during_a_decode_is_passed_on(capfd):
+    """What another thread writes to stderr while a decode has it is written on afterwards, not lost."""
+    from sdcpc_ros.image_codec import _DECODER_OUTPUT
+
+    def decode():
+        os.write(2, b"Corrupt JPEG data: premature end of data segment\n[INFO] [node]: still running\n")
+        return "image"
+
+    capfd.readouterr()
+    for _ in range(2):  # each capture starts empty, at the start of its file
+        result, lines = _DECODER_OUTPUT.capture(decode)
+        assert result == "image" and lines == ["Corrupt JPEG data: premature end of data segment"]
+        assert capfd.readouterr().err == "[INFO] [node]: still running\n"
+    result, lines = _DECODER_OUTPUT.capture(lambda: "quiet")
+    assert (result, lines) == ("quiet", []) and capfd.readouterr().err == ""
+
+
+def test_stamps_with_nanosec_of_a_second_or_more_are_refused():
+    from builtin_interfaces.msg import Time
+
+    from sdcpc_ros.image_codec import check_stamp
+
+    check_stamp(Time(sec=5, nanosec=999_999_999))
+    with pytest.raises(ImageDecodeError, match="nanosec 1000000000, which must be below 1000000000") as caught:
+        check_stamp(Time(sec=5, nanosec=1_000_000_000))
+    assert caught.value.kind == "stamp"

@@ -9,6 +9,9 @@ import itertools
 import json
 import os
 import random
+import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -337,25 +340,35 @@ def test_bad_messages_are_skipped_counted_and_logged_once(graph, checkpoint, dia
     assert any("image data has" in m and "height x step" in m for m in ours)
 
 
-def test_compressed_input_and_corrupt_jpeg(graph, checkpoint, diagnostics_probe):
+def test_compressed_input_and_corrupt_jpeg(graph, checkpoint, diagnostics_probe, capfd):
+    """Truncated JPEGs and PNGs (one JPEG with an end marker appended, which decodes with a warning) are
+    corrupt frames: counted, logged once, and no decoder line reaches stderr."""
     node = start(graph, checkpoint, use_compressed=True, process_every_frame=True, input_qos="reliable")
     masks = Probe(graph, Image, topic(node, "semantic_mask"))
     publisher = image_publisher(graph, node, CompressedImage, "image/compressed")
     pixels = scene()
     ok, jpeg = cv2.imencode(".jpg", pixels[:, :, ::-1])
-    assert ok
+    ok_png, png = cv2.imencode(".png", pixels[:, :, ::-1])
+    assert ok and ok_png
+    jpeg, png = jpeg.tobytes(), png.tobytes()
 
     def compressed(data, stamp):
         msg = CompressedImage(format="rgb8; jpeg compressed bgr8", data=array.array("B", bytes(data)))
         msg.header.stamp.sec, msg.header.frame_id = stamp, "camera"
         return msg
 
-    publisher.publish(compressed(jpeg[: len(jpeg) // 2], 1))
-    publisher.publish(compressed(b"\xff\xd8" + bytes(200), 2))
-    mask = send_and_wait(publisher, masks, compressed(jpeg, 3))
-    assert stamp_ns(mask.header) == 3 * 10**9 and (mask.height, mask.width) == CAMERA
-    values = diagnostics(graph, node, diagnostics_probe, lambda v: v["bad messages: corrupt"] == "2")
+    capfd.readouterr()
+    bad = [jpeg[: len(jpeg) // 2], b"\xff\xd8" + bytes(200), jpeg[: len(jpeg) // 2] + b"\xff\xd9",
+           png[: len(png) // 2], png[:-20]]
+    for stamp, data in enumerate(bad * 3, start=1):
+        publisher.publish(compressed(data, stamp))
+    mask = send_and_wait(publisher, masks, compressed(jpeg, 100))
+    assert stamp_ns(mask.header) == 100 * 10**9 and (mask.height, mask.width) == CAMERA
+    values = diagnostics(graph, node, diagnostics_probe, lambda v: v["bad messages: corrupt"] == str(3 * len(bad)))
     assert values["processed"] == "1"
+    err = capfd.readouterr().err
+    assert "Corrupt JPEG" not in err and "libpng" not in err and "Premature end" not in err, err
+    assert err.count("Skipping a bad image message (corrupt)") == 1, err
 
 
 def test_segmentation_errors_are_counted_and_the_worker_goes_on(graph, checkpoint, diagnostics_probe):
@@ -516,7 +529,10 @@ def test_30hz_into_a_slow_model_for_20s_keeps_memory_bounded(graph, checkpoint, 
 # ------------------------------------------------------------------------------------------- parameters
 @pytest.mark.parametrize("params, words", [
     ({"input_height": 100}, "parameter 'input_height' must be an integer in 32..8192, a multiple of 32"),
-    ({"backend": "magic"}, "parameter 'backend' must be one of eager, compile, onnxruntime, tensorrt; got 'magic'"),
+    ({"backend": "magic"},
+     "parameter 'backend' must be one of eager, compile, cudagraph, onnxruntime, tensorrt; got 'magic'"),
+    ({"compile_mode": "fast"}, "parameter 'compile_mode' must be empty (inductor's default) or one of default, "
+                               "reduce-overhead, max-autotune, max-autotune-no-cudagraphs; got 'fast'"),
     ({"device": "gpu"}, "parameter 'device' must be cpu, cuda or cuda:N"),
     ({"frame_period_s": 0.0}, "parameter 'frame_period_s' must be a number in 0.001..10.0"),
     ({"max_gap_s": 2}, "parameter 'max_gap_s' must be a number in 0.001..3600.0"),
@@ -615,6 +631,193 @@ def test_frame_queue_drops_the_oldest_and_closes():
     assert len(queue) == 2 and queue.get(0) == "b"
     assert queue.close() == 1  # "c" was still waiting
     assert queue.closed and queue.get(0) is None
-    assert queue.put("d") is True and len(queue) == 0  # a closed queue takes nothing
+    assert queue.put("d") == 1 and len(queue) == 0  # a closed queue takes nothing (one frame dropped)
     with pytest.raises(ValueError, match="capacity must be >= 1"):
         FrameQueue(0)
+
+
+def test_frame_queue_bounds_the_bytes_it_holds():
+    queue = FrameQueue(100, max_bytes=10, size=len)
+    assert queue.put("aaaa") == 0 and queue.put("bbbb") == 0
+    assert queue.put("cccc") == 1 and queue.bytes == 8  # 12 bytes > 10: the oldest goes
+    assert queue.put("x" * 20) == 2 and len(queue) == 1  # alone above the limit: kept, the others dropped
+    assert queue.get(0) == "x" * 20 and queue.bytes == 0
+
+
+def test_process_every_frame_queue_is_bounded_in_bytes(graph, checkpoint, slow_model):
+    """queue_size 10000 allows any backlog; queue_limit_mib 1 keeps one 900 KiB frame waiting at most."""
+    slow_model[0] = 0.2
+    node, masks, publisher = running(graph, checkpoint, process_every_frame=True, queue_size=10000,
+                                     queue_limit_mib=1, input_qos="reliable")
+    frame = scene(shape=(480, 640))  # rgb8: 921600 bytes
+    publisher.publish(image_msg(frame, stamp_ns=10**9))
+    taken_first(node)
+    waiting = []
+    for index in range(1, 7):
+        publisher.publish(image_msg(frame, stamp_ns=10**9 + index * PERIOD_NS))
+        wait_for(lambda count=index + 1: node.runtime.stats.snapshot().received == count, 5.0, f"frame {index}")
+        waiting.append(node.runtime.pipeline._queue.bytes)
+    masks.wait(2)
+    assert max(waiting) <= 2**20
+    assert node.runtime.stats.snapshot().dropped >= 4
+
+
+# ------------------------------------------------------------------------------ upstream loss, stamps
+def test_stamp_gaps_count_frames_missing_upstream_and_bad_stamps_are_refused(graph, checkpoint, diagnostics_probe):
+    node, masks, publisher = running(graph, checkpoint)
+    base = 100 * 10**9
+    for k in (0, 1, 2, 5, 6, 9):  # frames 3, 4, 7 and 8 never arrive
+        send_and_wait(publisher, masks, image_msg(scene(k), stamp_ns=base + k * PERIOD_NS))
+    bad = image_msg(scene(), stamp_ns=base + 10 * PERIOD_NS)
+    bad.header.stamp.nanosec += 10**9  # not normalised: refused, and no gap is measured from it
+    publisher.publish(bad)
+    wait_for(lambda: node.runtime.stats.snapshot().bad_messages["stamp"] == 1, 5.0, "the bad stamp to be refused")
+    mask = send_and_wait(publisher, masks, image_msg(scene(), stamp_ns=base + 10 * PERIOD_NS))
+    assert stamp_ns(mask.header) == base + 10 * PERIOD_NS
+    values = diagnostics(graph, node, diagnostics_probe, lambda v: v["processed"] == "7")
+    assert values["missing upstream"] == "4"
+    assert values["bad messages: stamp"] == "1" and values["errors"] == "0"
+
+
+# ------------------------------------------------------------------------------------------- topics
+def test_camera_info_follows_the_image_topic(graph, checkpoint):
+    """image_transport's convention: the camera_info beside the image topic, unless remapped itself."""
+    ns = f"/ci{os.getpid()}"
+    cases = [
+        ([], {}, f"{ns}/t/camera_info"),
+        (["image:=/cam_a/front/image_raw"], {}, "/cam_a/front/camera_info"),
+        (["image:=/cam_a/front/image_raw", "camera_info:=/calibration/front"], {}, "/calibration/front"),
+        (["image/compressed:=/cam_b/rear/image_raw/compressed"], {"use_compressed": True}, "/cam_b/rear/camera_info"),
+    ]
+    for remaps, params, expected in cases:
+        values = {"model": str(checkpoint), "input_height": 64, "input_width": 96, **params}
+        node = graph.add(SegmentNode(context=graph.context, namespace=f"{ns}/t",
+                                     cli_args=["--ros-args", *[a for r in remaps for a in ("-r", r)]],
+                                     parameter_overrides=[Parameter(k, value=v) for k, v in values.items()]))
+        try:
+            assert node.runtime._subscriptions[1].topic_name == expected, remaps
+        finally:
+            graph.remove(node)
+
+
+# ------------------------------------------------------------------------ start-up mistakes, one sentence
+def test_parameters_the_node_does_not_have_are_warned_about(graph, checkpoint, capfd):
+    start(graph, checkpoint, input_size=[128, 256], devise="cuda")
+    err = capfd.readouterr().err
+    assert "parameter 'input_size' is not a parameter of segment_node and is ignored; did you mean input_qos, " \
+           "input_width or input_qos_depth?" in err
+    assert "parameter 'devise' is not a parameter of segment_node and is ignored; did you mean device?" in err
+    assert "'model' is not a parameter" not in err and "'input_height' is not a parameter" not in err
+
+
+@pytest.mark.parametrize("ros_args, words", [
+    (["-p", "reference_offsets:=[]"], "parameter 'reference_offsets' must be a non-empty list of distinct integers"),
+    (["-p", "dynamic_classes:=[]"], "parameter 'dynamic_classes' must be a non-empty list of class names; got []"),
+    (["--params-file", "{bad_yaml}"], "the ROS arguments cannot be used: Couldn't parse params file"),
+    (["--params-file", "{missing}"], "the ROS arguments cannot be used: Couldn't parse params file"),
+    (["-r", "image:=bad name"], "Couldn't parse remap rule: '-r image:=bad name'"),
+    (["-r", "image:=bad", "name"], "unknown ROS argument(s) name after --ros-args (quote a value with spaces)"),
+    (["-r", "__ns:=/front", "-p", "model:=missing.safetensors"],
+     "[front.segment_node]: Cannot start: parameter 'model' ('missing.safetensors'): checkpoint not found"),
+])
+def test_start_up_mistakes_are_one_sentence_and_exit_status_2(tmp_path, capfd, ros_args, words):
+    """What ``segment_node`` does with its command line (``run_node``), here in this process: these stop
+    before the node would spin."""
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("a: [\n")
+    args = [a.format(bad_yaml=bad_yaml, missing=tmp_path / "missing.yaml") for a in ros_args]
+    capfd.readouterr()
+    code = segment_node.run_node(SegmentNode, ["segment_node", "--ros-args", *args])
+    output = "".join(capfd.readouterr())
+    assert code == 2, output
+    assert words in output and output.count("Cannot start") == 1, output
+    assert "Traceback" not in output and "Exception" not in output and "[rcl]" not in output, output
+
+
+# ------------------------------------------------------------------------------------------ signals
+class NodeProcess:
+    """``segment_node`` (or ``segment_lifecycle_node``) run by its entry point in a child process, on this
+    module's ROS domain; its output lines are collected as they come."""
+
+    def __init__(self, checkpoint, *ros_args, entry="main") -> None:
+        code = f"import sys; from sdcpc_ros.node_main import {entry}; sys.exit({entry}())"
+        command = [sys.executable, "-c", code, "--ros-args", "-r", f"__ns:=/p{next(_names)}_{os.getpid()}",
+                   "-p", f"model:={checkpoint}", "-p", "input_height:=64", "-p", "input_width:=96", *ros_args]
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=lambda: self.lines.extend(self.process.stdout), daemon=True)
+        self._reader.start()
+
+    @property
+    def namespace(self) -> str:
+        return next(a for a in self.process.args if a.startswith("__ns:="))[len("__ns:="):]
+
+    def wait_for_line(self, words: str, timeout: float = 120.0) -> None:
+        wait_for(lambda: any(words in line for line in self.lines) or self.process.poll() is not None, timeout,
+                 f"'{words}' from the node")
+        assert any(words in line for line in self.lines), self.output
+
+    def signal(self, signum) -> None:
+        self.process.send_signal(signum)
+
+    def finish(self, timeout: float = 60.0) -> int:
+        try:
+            code = self.process.wait(timeout)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+            self._reader.join(5.0)
+        return code
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("delay_s", [0.3, 1.5])
+def test_a_stop_signal_while_starting_exits_cleanly(graph, checkpoint, signum, delay_s):
+    """In the first seconds (interpreter, rclpy, torch, the model): exit status 0, no traceback."""
+    node = NodeProcess(checkpoint)
+    time.sleep(delay_s)
+    node.signal(signum)
+    code = node.finish()
+    assert code == 0, node.output
+    assert "Traceback" not in node.output and "KeyboardInterrupt" not in node.output, node.output
+
+
+def test_sigterm_during_inference_stops_the_worker_before_the_context(graph, checkpoint):
+    """The frame in inference is finished and published, then the node stops: no error about an invalid
+    context, no log line lost on its way to /rosout."""
+    node = NodeProcess(checkpoint, "-p", "input_height:=1024", "-p", "input_width:=1024", "-p", "input_qos:=default")
+    try:
+        node.wait_for_line("Segmenting")
+        masks = Probe(graph, Image, f"{node.namespace}/semantic_mask")
+        publisher = graph.tester.create_publisher(Image, f"{node.namespace}/image", QoSProfile(depth=10))
+        connected(publisher)
+        wait_for(lambda: masks.subscription.get_publisher_count() > 0, 10.0, "the mask publisher")
+        publisher.publish(image_msg(scene(), stamp_ns=7 * 10**9))
+        time.sleep(0.5)  # a 1024 x 1024 frame takes seconds: the worker is in it
+        node.signal(signal.SIGTERM)
+        code = node.finish(120.0)
+    finally:
+        if node.process.poll() is None:
+            node.process.kill()
+    assert code == 0, node.output
+    assert "Stopping (SIGTERM)" in node.output, node.output
+    for words in ("ERROR", "context is invalid", "Failed to publish log message", "Traceback"):
+        assert words not in node.output, node.output
+    assert [stamp_ns(m.header) for m in masks.wait(1, 10.0)] == [7 * 10**9]
+
+
+def test_a_second_sigint_during_shutdown_does_not_crash_the_node(graph, checkpoint):
+    """launch forwards Ctrl-C while the terminal sends its own: the second SIGINT arrives during the stop."""
+    node = NodeProcess(checkpoint, entry="lifecycle_main")
+    node.wait_for_line("Unconfigured")
+    node.signal(signal.SIGINT)
+    time.sleep(0.1)
+    if node.process.poll() is None:
+        node.signal(signal.SIGINT)
+    code = node.finish()
+    assert code == 0, node.output
+    assert "Traceback" not in node.output and "KeyboardInterrupt" not in node.output, node.output

@@ -28,20 +28,20 @@ EXPECTED_CLASS_COUNTS = {'cityscapes': 19, 'camvid': 11, 'vspw': 124}
 LAUNCH_ARGUMENTS = {
     'segment.launch.py': {
         'image_topic': '/camera/image_raw',
-        'use_compressed': 'false',
+        'use_compressed': '',  # empty: not given, the params file decides
         'params_file': None,  # a substitution (installed config/segment.yaml)
         'namespace': '',
-        'backend': 'eager',
-        'device': 'cpu',
+        'backend': '',
+        'device': '',
         'log_level': 'info',
-        'camera_info_topic': '/camera/camera_info',
+        'camera_info_topic': '',  # empty: beside the image topic
         'managed': 'false',
     },
     'two_cameras.launch.py': {
         'params_file': None,
-        'backend': 'eager',
-        'device': 'cpu',
-        'use_compressed': 'false',
+        'backend': '',
+        'device': '',
+        'use_compressed': '',
         'log_level': 'info',
         'managed': 'false',
     },
@@ -133,6 +133,7 @@ def test_colcon_build(colcon_install, tmp_path):
         'lib/sdcpc_ros/sdcpc-train',
         'lib/sdcpc_ros/sdcpc-eval',
         'lib/sdcpc_ros/sdcpc-synth',
+        'lib/sdcpc_ros/sdcpc-convert',
         'lib/sdcpc_ros/segment_lifecycle_node',
     ):
         assert (prefix / rel).is_file(), f'{rel} is missing from the install tree'
@@ -168,14 +169,39 @@ def _node_env(site_packages):
     return env
 
 
+@contextlib.contextmanager
+def _tester(name, domain_id, process):
+    """A node of the test's own (its rclpy context and executor, spun by the caller) next to ``process``,
+    which is killed at the end if it still runs (with its process group, when it leads one: launch's
+    nodes)."""
+    import rclpy
+    from rclpy.context import Context
+    from rclpy.executors import SingleThreadedExecutor
+
+    context = Context()
+    rclpy.init(context=context, domain_id=domain_id)
+    tester = rclpy.create_node(name, context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(tester)
+    try:
+        yield tester, executor
+    finally:
+        if process.poll() is None:
+            if os.getpgid(process.pid) == process.pid:
+                os.killpg(process.pid, signal.SIGKILL)
+            else:
+                process.kill()
+        executor.shutdown()
+        tester.destroy_node()
+        rclpy.shutdown(context=context)
+
+
 @pytest.mark.slow
 @pytest.mark.ros
 def test_installed_segment_node_runs(colcon_install, tiny_temporal_model, tmp_path):
     """lib/sdcpc_ros/segment_node from the install tree: a clear error for an unknown model (exit
     status 2), and with a real checkpoint it segments an image published here, then stops on SIGINT."""
-    rclpy = pytest.importorskip('rclpy', reason='rclpy (ROS 2) is not installed: pip install -e ".[ros]"')
-    from rclpy.context import Context
-    from rclpy.executors import SingleThreadedExecutor
+    pytest.importorskip('rclpy', reason='rclpy (ROS 2) is not installed: pip install -e ".[ros]"')
     from sensor_msgs.msg import Image
 
     from sdcpc_core.weights import save_weights
@@ -200,17 +226,12 @@ def test_installed_segment_node_runs(colcon_install, tiny_temporal_model, tmp_pa
         [str(executable), '--ros-args', '--params-file', str(params_file), '-r', f'__ns:={namespace}',
          '-p', f'model:={checkpoint}', '-p', 'input_height:=64', '-p', 'input_width:=96'],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    context = Context()
-    rclpy.init(context=context, domain_id=int(env['ROS_DOMAIN_ID']))
-    tester = rclpy.create_node('installed_node_tester', context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(tester)
-    masks = []
-    tester.create_subscription(Image, f'{namespace}/semantic_mask', masks.append, 10)
-    publisher = tester.create_publisher(Image, f'{namespace}/image', 10)
-    image = Image(height=48, width=80, encoding='rgb8', step=240, data=bytes(range(256)) * 45)
-    image.header.frame_id = 'camera'
-    try:
+    with _tester('installed_node_tester', int(env['ROS_DOMAIN_ID']), node) as (tester, executor):
+        masks = []
+        tester.create_subscription(Image, f'{namespace}/semantic_mask', masks.append, 10)
+        publisher = tester.create_publisher(Image, f'{namespace}/image', 10)
+        image = Image(height=48, width=80, encoding='rgb8', step=240, data=bytes(range(256)) * 45)
+        image.header.frame_id = 'camera'
         deadline = time.monotonic() + 90
         while not masks and time.monotonic() < deadline and node.poll() is None:
             image.header.stamp = tester.get_clock().now().to_msg()
@@ -218,12 +239,6 @@ def test_installed_segment_node_runs(colcon_install, tiny_temporal_model, tmp_pa
             executor.spin_once(timeout_sec=0.2)
         node.send_signal(signal.SIGINT)
         output, _ = node.communicate(timeout=30)
-    finally:
-        if node.poll() is None:
-            node.kill()
-        executor.shutdown()
-        tester.destroy_node()
-        rclpy.shutdown(context=context)
     assert masks, f'no mask from the installed node:\n{output[-5000:]}'
     assert (masks[0].height, masks[0].width, masks[0].encoding) == (48, 80, 'mono8')
     assert masks[0].header.frame_id == 'camera'
@@ -247,8 +262,9 @@ def test_package_xml_matches_setup_py():
     assert maintainer is not None and maintainer.get('email')
     exec_depends = {e.text for e in root.findall('exec_depend')}
     for key in ('rclpy', 'sensor_msgs', 'launch', 'launch_ros', 'ament_index_python',
-                'python3-numpy', 'python3-yaml', 'python3-torch'):
+                'python3-numpy', 'python3-yaml', 'python3-torch', 'python3-rosbags-pip'):
         assert key in exec_depends, key
+    assert not any('safetensors' in key for key in exec_depends)  # no rosdep key: README says to pip install it
     assert (ROOT / 'resource' / PACKAGE).is_file()
 
 
@@ -372,3 +388,101 @@ def test_launch_description(name):
         if default is not None:
             assert len(declared[arg].default_value) == 1
             assert declared[arg].default_value[0].text == default, arg
+
+
+
+def test_launch_arguments_override_the_params_file_only_when_given():
+    """segment.launch.py's parameter list (sdcpc_ros.launch_params, no launch needed): the file first, then
+    only the arguments the user gave; an empty argument is "not given"."""
+    from sdcpc_ros.launch_params import node_parameters, node_remappings
+
+    none_given = {'backend': '', 'device': '', 'use_compressed': ''}
+    assert node_parameters('/share/segment.yaml', none_given) == ['/share/segment.yaml']
+    assert node_parameters('/share/segment.yaml', {**none_given, 'backend': 'onnxruntime', 'use_compressed': 'true'}) \
+        == ['/share/segment.yaml', {'backend': 'onnxruntime', 'use_compressed': True}]
+    assert node_parameters('f.yaml', {'device': 'cuda:1', 'use_compressed': 'False'}) == \
+        ['f.yaml', {'device': 'cuda:1', 'use_compressed': False}]
+    with pytest.raises(ValueError, match='launch argument use_compressed:=yes must be true or false'):
+        node_parameters('f.yaml', {'use_compressed': 'yes'})
+    assert node_remappings('/front/image_raw') == [('image', '/front/image_raw'),
+                                                   ('image/compressed', '/front/image_raw/compressed')]
+    assert node_remappings('/front/image_raw', '/front/calibration')[-1] == ('camera_info', '/front/calibration')
+
+
+_LAUNCH_TWO = """
+import sys
+from launch import LaunchDescription, LaunchService
+from launch.actions import GroupAction, IncludeLaunchDescription
+from launch.launch_description_sources import PythonLaunchDescriptionSource
+
+launch_file, params_file, prefix = sys.argv[1:4]
+
+
+def include(namespace, **arguments):
+    arguments = {'namespace': namespace, 'params_file': params_file, **arguments}
+    return GroupAction([IncludeLaunchDescription(PythonLaunchDescriptionSource(launch_file),
+                                                 launch_arguments=arguments.items())])
+
+
+service = LaunchService()
+service.include_launch_description(LaunchDescription([
+    include(prefix + '_file', image_topic='/' + prefix + '_front/image_raw'),
+    include(prefix + '_given', use_compressed='false', device='cpu'),
+]))
+sys.exit(service.run())
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.ros
+def test_real_launch_honours_the_params_file(colcon_install, tiny_temporal_model, tmp_path):
+    """segment.launch.py from the install tree, run by launch: a params file with use_compressed: true
+    is obeyed unless the launch command gives use_compressed:=false; the camera_info is found beside the
+    image topic; Ctrl-C (SIGINT to the process group) stops both nodes cleanly."""
+    missing = [m for m in ('launch', 'launch_ros') if not _is_installed_package(m)]
+    if missing:
+        reason = f'{" and ".join(missing)} not importable (needs a ROS 2 install)'
+        print(reason)
+        pytest.skip(reason)
+    pytest.importorskip('rclpy', reason='rclpy (ROS 2) is not installed: pip install -e ".[ros]"')
+    from rcl_interfaces.srv import GetParameters
+
+    from sdcpc_core.weights import save_weights
+
+    _, prefix, proc = colcon_install
+    assert proc.returncode == 0, f'colcon build failed:\n{proc.stdout[-20000:]}'
+    checkpoint = tmp_path / 'tiny.safetensors'
+    save_weights(tiny_temporal_model, checkpoint)
+    params_file = tmp_path / 'segment.yaml'
+    params_file.write_text(yaml.safe_dump({'/**': {'ros__parameters': {
+        'model': str(checkpoint), 'input_height': 64, 'input_width': 96, 'use_compressed': True}}}))
+    env = _node_env(_site_packages(prefix))
+    launch_paths = {str(Path(importlib.util.find_spec(m).origin).parent.parent)
+                    for m in ('launch', 'launch_ros', 'osrf_pycommon') if importlib.util.find_spec(m)}
+    env['PYTHONPATH'] = os.pathsep.join([env['PYTHONPATH'], *sorted(launch_paths)])
+    env['AMENT_PREFIX_PATH'] = os.pathsep.join(p for p in (str(prefix), os.environ.get('AMENT_PREFIX_PATH')) if p)
+    name = f'lt{os.getpid()}'
+    launch = subprocess.Popen([sys.executable, '-c', _LAUNCH_TWO, str(prefix / 'share' / PACKAGE / 'launch' /
+                                                                   'segment.launch.py'), str(params_file), name],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True)  # a process group of its own, as in a terminal
+    values = {}
+    with _tester('launch_tester', int(env['ROS_DOMAIN_ID']), launch) as (tester, executor):
+        for namespace in (f'{name}_file', f'{name}_given'):
+            client = tester.create_client(GetParameters, f'/{namespace}/segment_node/get_parameters')
+            assert client.wait_for_service(timeout_sec=120.0), f'no node in /{namespace}'
+            future = client.call_async(GetParameters.Request(names=['use_compressed', 'backend', 'input_height']))
+            executor.spin_until_future_complete(future, timeout_sec=30.0)
+            compressed, backend, height = future.result().values
+            values[namespace] = [compressed.bool_value, backend.string_value, height.integer_value]
+        deadline = time.monotonic() + 60
+        while not tester.get_subscriptions_info_by_topic(f'/{name}_front/camera_info') and time.monotonic() < deadline:
+            time.sleep(0.2)
+        camera_info_readers = len(tester.get_subscriptions_info_by_topic(f'/{name}_front/camera_info'))
+        os.killpg(launch.pid, signal.SIGINT)  # Ctrl-C in a terminal: launch and both nodes get it
+        output, _ = launch.communicate(timeout=60)
+    assert values[f'{name}_file'] == [True, 'eager', 64], output[-5000:]  # the file's use_compressed holds
+    assert values[f'{name}_given'] == [False, 'eager', 64], output[-5000:]  # the launch argument wins
+    assert camera_info_readers == 1, output[-5000:]
+    assert output.count('process has finished cleanly') == 2, output[-5000:]
+    assert 'process has died' not in output and 'escalating' not in output, output[-5000:]

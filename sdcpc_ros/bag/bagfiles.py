@@ -22,14 +22,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from rosbags.highlevel import AnyReader
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
+
+from sdcpc_core.atomic_files import replace_path, staging_folder
 
 __all__ = ["BagError", "BagMessage", "BagReader", "BagWriter", "CAMERA_INFO_TOPIC", "CAMERA_INFO_TYPE",
            "COMPRESSED_TOPIC", "COMPRESSED_TYPE", "DEFAULT_DISTRO", "DISTROS", "IMAGE_TOPIC", "IMAGE_TYPE",
@@ -100,7 +101,7 @@ class BagReader:
         self._reader: AnyReader | None = None
         self.topics: dict[str, tuple[str, int]] = {}
 
-    def __enter__(self) -> "BagReader":
+    def __enter__(self) -> BagReader:
         try:
             reader = AnyReader([self.path], default_typestore=self.store)
             reader.open()
@@ -210,9 +211,8 @@ class BagWriter:
         self._writer: Writer | None = None
         self.counts: dict[str, int] = {}
 
-    def __enter__(self) -> "BagWriter":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._staging = Path(tempfile.mkdtemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp"))
+    def __enter__(self) -> BagWriter:
+        self._staging = staging_folder(self.path)
         self._writer = Writer(self._staging / self.path.stem if self.single_file else self._staging / self.path.name,
                               version=self._version, storage_plugin=STORAGES[self.storage])
         self._writer.open()
@@ -242,26 +242,8 @@ class BagWriter:
                 return
             writer.close()
             bag = staging / (self.path.stem if self.single_file else self.path.name)
-            _replace(next(p for p in bag.iterdir() if p.suffix == self.path.suffix) if self.single_file else bag,
-                     self.path)
+            replace_path(next(p for p in bag.iterdir() if p.suffix == self.path.suffix) if self.single_file else bag,
+                         self.path)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-
-def _replace(source: Path, target: Path) -> None:
-    """Renames ``source`` (file or folder) to ``target``; an existing ``target`` is moved aside first and
-    removed once the new one is in place."""
-    if not target.exists():
-        source.replace(target)
-        return
-    retired = target.with_name(f".{target.name}.old-{os.getpid()}")
-    target.replace(retired)
-    try:
-        source.replace(target)
-    except BaseException:
-        retired.replace(target)
-        raise
-    if retired.is_dir():
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        retired.unlink()

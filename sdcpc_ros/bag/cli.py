@@ -23,9 +23,14 @@ Offline, the node's parameters come from ``--params-file`` (a ROS 2 parameter fi
 node's training-free temporal smoothing, ``sdcpc_core.eval.smoothing``: e.g. ``ema:0.5`` or ``window``)
 override them.
 
-Outputs are written under temporary names and renamed when complete; existing outputs are refused
-without ``--overwrite``. User mistakes (a missing topic, a damaged bag, an unsupported encoding, an
-existing output, a bad option) are one sentence on stderr with exit status 2; Ctrl-C gives 130.
+``eval`` locks its output folder for the run (a second ``eval`` on it is refused), builds the bag and
+the report in a staging folder inside it and publishes them only when the run succeeded, the bag
+first and the report last (``sdcpc_core.atomic_files.publish_entries``): a failed ``--overwrite`` run
+keeps the previous outputs, a failed run into a new folder leaves nothing, and leftovers of killed
+runs are removed. Existing outputs are refused without ``--overwrite``. ``--domain-id`` takes
+0..232 (the DDS default port mapping has no ports above). User mistakes (a missing topic, a damaged
+bag, an unsupported encoding, an existing or busy output, a bad option or remap rule) are one
+sentence on stderr with exit status 2; Ctrl-C gives 130.
 """
 from __future__ import annotations
 
@@ -54,10 +59,10 @@ def positive_number(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     from sdcpc_core.eval.metrics import VC_MODES
-    from sdcpc_core.tools.cli import ToolParser, at_least, image_size, smoothing
+    from sdcpc_core.tools.cli import ToolParser, at_least, image_size, in_range, smoothing
 
     from .bagfiles import DEFAULT_DISTRO, DISTROS, MASK_TOPIC, STORAGES
-    from .play import QOS_CHOICES
+    from .play import MAX_DOMAIN_ID, QOS_CHOICES
     from .synth import IMAGE_FORMATS
 
     parser = ToolParser(prog=PROG, description="Write, evaluate and play rosbag2 bags for the SD-CPC segment node.")
@@ -132,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "adapts to the node's pace, at least 1 s)")
     live.add_argument("--classes", default=None,
                       help="class list (shipped name or YAML) when the node latches none on <mask topic>/classes")
-    live.add_argument("--domain-id", type=at_least(0), default=None, help="ROS domain id (default: ROS_DOMAIN_ID)")
+    live.add_argument("--domain-id", type=in_range(0, MAX_DOMAIN_ID), default=None,
+                      help=f"ROS domain id, 0..{MAX_DOMAIN_ID} (default: ROS_DOMAIN_ID)")
     common(evaluate)
 
     play = commands.add_parser("play", help="publish a bag's topics with their recorded timing")
@@ -146,7 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     play.add_argument("--depth", type=at_least(1), default=10, help="publisher history depth (default 10)")
     play.add_argument("--delay", type=at_least(0), default=0,
                       help="whole seconds to wait before playing, for subscribers to connect (default 0)")
-    play.add_argument("--domain-id", type=at_least(0), default=None, help="ROS domain id (default: ROS_DOMAIN_ID)")
+    play.add_argument("--domain-id", type=in_range(0, MAX_DOMAIN_ID), default=None,
+                      help=f"ROS domain id, 0..{MAX_DOMAIN_ID}: the DDS default port mapping has no ports for larger "
+                           "ones (default: ROS_DOMAIN_ID)")
     common(play)
     return parser
 

@@ -54,7 +54,8 @@ __all__ = ["evaluate_live"]
 RECORD_DEPTH = 1000  # masks the recorder's subscription may hold before its callback takes them
 DIAGNOSTICS_TOPIC = "/diagnostics"
 STATUS_SUFFIX = ": semantic segmentation"  # the segment node's DiagnosticStatus name ends so
-DIAGNOSTIC_KEYS = ("received", "processed", "dropped", "buffer resets", "last reset", "errors", "bad messages")
+DIAGNOSTIC_KEYS = ("received", "processed", "dropped", "missing upstream", "buffer resets", "last reset", "errors",
+                   "bad messages")
 DIAGNOSTICS_WAIT_S = 2.5  # the node publishes /diagnostics at 1 Hz
 MIN_QUIET_S = 1.0  # the shortest wait for late masks after the last frame
 _POLL_S = 0.05
@@ -143,47 +144,51 @@ def evaluate_live(bag_path: str | Path, outputs: EvalOutputs, *, image_topic: st
     with BagReader(bag_path, distro) as reader:
         topics = EvalTopics.resolve(reader, image_topic, label_topic, camera_info_topic)
         outputs.check(overwrite)
-        recorder = _Recorder(reader.store)
-        played: dict[int, float] = {}  # stamp -> publication perf_counter
-        order: list[int] = []  # stamps of the played frames, in order
+        with outputs.writing(overwrite) as staged:
+            recorder = _Recorder(reader.store)
+            played: dict[int, float] = {}  # stamp -> publication perf_counter
+            order: list[int] = []  # stamps of the played frames, in order
 
-        def on_publish(message, when: float) -> None:
-            if message.topic == topics.image:
-                stamp = stamp_to_ns(reader.deserialize(message).header.stamp)
-                played[stamp] = when
-                order.append(stamp)
+            def on_publish(message, when: float) -> None:
+                if message.topic == topics.image:
+                    stamp = stamp_to_ns(reader.deserialize(message).header.stamp)
+                    played[stamp] = when
+                    order.append(stamp)
 
-        with RosSession(f"sdcpc_bag_live_{os.getpid()}", domain_id) as session:
-            node = session.node
-            reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=RECORD_DEPTH,
-                                  reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
-            mask_subscription = node.create_subscription(Image, mask_topic, recorder.on_mask, reliable, raw=True)
-            node.create_subscription(String, f"{mask_topic}/classes", recorder.on_classes, latched_qos())
-            node.create_subscription(DiagnosticArray, DIAGNOSTICS_TOPIC, recorder.on_diagnostics, 10)
-            player = BagPlayer(node, reader, [t for t in (topics.image, topics.camera_info) if t])
-            _await_node(player, topics.image, topics.compressed, mask_subscription, mask_topic, recorder,
-                        classes is None, wait_s, alive)
-            classes = classes or ClassList.from_json(recorder.classes, f"{mask_topic}/classes")
-            echo(f"segment node found: playing {topics.image} at rate {rate:g} to it, recording {mask_topic}")
-            result = player.play(rate=rate, on_publish=on_publish, progress=progress)
-            last_played = played[order[-1]] if order else 0.0
-            _wait(lambda: recorder.count(order) == len(order) or time.perf_counter() - max(
-                recorder.last_arrival(), last_played) > recorder.quiet_s(settle_s), settle_s + result.seconds, alive)
-            settled = time.perf_counter()
-            _wait(lambda: recorder.diagnostics_arrival > settled, DIAGNOSTICS_WAIT_S, alive)
-        echo(result.summary_line())
-        with BagWriter(outputs.bag, storage=storage, distro=distro, overwrite=overwrite) as bag:
-            connection = bag.add_topic(mask_topic, IMAGE_TYPE)
-            for _, wall, raw in sorted(recorder.masks.values()):
-                bag.write(connection, wall, raw)
-        run = {"mode": f"live (played at rate {rate:g} to a running segment node, masks recorded from {mask_topic})",
-               "bag": str(bag_path), "output_bag": f"{outputs.bag} ({mask_topic} as recorded)", "settle_s": settle_s,
-               "masks_without_frame": len(set(recorder.masks) - set(played)),
-               "buffer_resets": recorder.diagnostics.get("buffer resets", "unknown (no diagnostics from the node)"),
-               "node_diagnostics": f"{recorder.node_totals()} (the node's totals since its start)"}
-        report = _score(reader, topics, recorder, played, order, classes, run, consistency_mode, num_overlays,
-                        progress)
-    write_report(report, outputs.report, overwrite=overwrite)
+            with RosSession(f"sdcpc_bag_live_{os.getpid()}", domain_id) as session:
+                node = session.node
+                reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=RECORD_DEPTH,
+                                      reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+                mask_subscription = node.create_subscription(Image, mask_topic, recorder.on_mask, reliable, raw=True)
+                node.create_subscription(String, f"{mask_topic}/classes", recorder.on_classes, latched_qos())
+                node.create_subscription(DiagnosticArray, DIAGNOSTICS_TOPIC, recorder.on_diagnostics, 10)
+                player = BagPlayer(node, reader, [t for t in (topics.image, topics.camera_info) if t])
+                _await_node(player, topics.image, topics.compressed, mask_subscription, mask_topic, recorder,
+                            classes is None, wait_s, alive)
+                classes = classes or ClassList.from_json(recorder.classes, f"{mask_topic}/classes")
+                echo(f"segment node found: playing {topics.image} at rate {rate:g} to it, recording {mask_topic}")
+                result = player.play(rate=rate, on_publish=on_publish, progress=progress)
+                last_played = played[order[-1]] if order else 0.0
+                _wait(lambda: recorder.count(order) == len(order) or time.perf_counter() - max(
+                    recorder.last_arrival(), last_played) > recorder.quiet_s(settle_s), settle_s + result.seconds,
+                    alive)
+                settled = time.perf_counter()
+                _wait(lambda: recorder.diagnostics_arrival > settled, DIAGNOSTICS_WAIT_S, alive)
+            echo(result.summary_line())
+            with BagWriter(staged.bag, storage=storage, distro=distro) as bag:
+                connection = bag.add_topic(mask_topic, IMAGE_TYPE)
+                for _, wall, raw in sorted(recorder.masks.values()):
+                    bag.write(connection, wall, raw)
+            run = {"mode": f"live (played at rate {rate:g} to a running segment node, masks recorded from "
+                           f"{mask_topic})",
+                   "bag": str(bag_path), "output_bag": f"{outputs.bag} ({mask_topic} as recorded)",
+                   "settle_s": settle_s,
+                   "masks_without_frame": len(set(recorder.masks) - set(played)),
+                   "buffer_resets": recorder.diagnostics.get("buffer resets", "unknown (no diagnostics from the node)"),
+                   "node_diagnostics": f"{recorder.node_totals()} (the node's totals since its start)"}
+            report = _score(reader, topics, recorder, played, order, classes, run, consistency_mode, num_overlays,
+                            progress)
+            write_report(report, staged.report)
     return BagEvaluation(report, outputs.report, outputs.bag, len(order), report.info["frames_segmented"],
                          result.seconds)
 
@@ -242,5 +247,7 @@ def _score(reader: BagReader, topics: EvalTopics, recorder: _Recorder, played: d
             bar.update(1)
     segmented = recorder.count(order)
     info = {**run, "image_topic": f"{topics.image} ({topics.image_type})", "label_topic": topics.label or "none",
-            "frames_played": len(order), "frames_segmented": segmented, "frames_dropped": len(order) - segmented}
+            "frames_played": len(order), "frames_segmented": segmented, "frames_dropped": len(order) - segmented,
+            "consistency_frames": "mVC windows are n successive frames the node answered, not n consecutive camera "
+                                  "frames: a frame the node dropped is skipped, so a window can span more time"}
     return matcher.finish(f"segment node on {reader.path.name} (live)", {"end_to_end": latency}, info)

@@ -95,78 +95,79 @@ def evaluate_offline(bag_path: str | Path, config: NodeConfig, outputs: EvalOutp
     with BagReader(bag_path, distro) as reader:
         topics = EvalTopics.resolve(reader, image_topic, label_topic, camera_info_topic)
         outputs.check(overwrite)
-        segmenter, classes = load_segmenter(config)
-        echo(segmenter.loaded.message)
-        total = reader.count(topics.image)
-        log, clock, stats = _Log(echo), _LogClock(), NodeStats()
-        matcher = FrameMatcher(classes, bag_path.stem, consistency_mode, topics.label is not None,
-                               f"{topics.label} in bag {bag_path}")
-        slots = overlay_indices(total, num_overlays)
-        latency: dict[str, list[float]] = {}
-        resets: list[str] = []
-        message_type = CompressedImage if topics.compressed else Image
-        wanted = [t for t in (topics.image, topics.label, topics.camera_info) if t]
-        index = processed = 0
-        read_s = 0.0
-        began = time.perf_counter()
-        with BagWriter(outputs.bag, storage=storage, distro=distro, overwrite=overwrite) as bag:
-            publishers = Outputs(
-                mask=_BagPublisher(bag, mask_topic, IMAGE_TYPE, clock),
-                color=_BagPublisher(bag, f"{mask_topic}/color", IMAGE_TYPE, clock),
-                camera_info=_BagPublisher(bag, f"{mask_topic}/camera_info", CAMERA_INFO_TYPE, clock)
-                if topics.camera_info else None)
-            pipeline = SegmentPipeline(segmenter, classes, publishers, stats, log, time.time_ns,
-                                       compressed=topics.compressed, max_pixels=config.max_image_pixels)
-            bar = tqdm(total=total, desc="eval", unit="frame", disable=not progress, leave=False)
-            messages = reader.messages(wanted)
-            while True:
-                start = time.perf_counter()
-                message = next(messages, None)
-                if message is None:
-                    break
-                if message.topic == topics.camera_info:
-                    pipeline.set_camera_info(deserialize_message(message.raw, CameraInfo))
-                    read_s += time.perf_counter() - start
-                    continue
-                if message.topic == topics.label:
-                    label = reader.deserialize(message)
-                    read_s += time.perf_counter() - start
-                    matcher.add_label(stamp_to_ns(label.header.stamp), label_array(label, topics.label))
-                    continue
-                msg = deserialize_message(message.raw, message_type)
-                clock.now_ns = message.log_time_ns
-                read_ms = 1e3 * (time.perf_counter() - start)
-                read_s += read_ms / 1e3
-                frame = pipeline.process(msg)
-                stamp = stamp_to_ns(msg.header.stamp)
-                if frame is None:
-                    _check_first_frame(processed, stats, log, topics.image, bag_path)
-                else:
-                    processed += 1
-                    result = frame.result
-                    if result.reset:
-                        resets.append(f"frame {index}: {result.reset_reason}")
-                    for stage, ms in _stages(read_ms, frame).items():
-                        latency.setdefault(stage, []).append(ms)
-                image = None
-                if index in slots and frame is not None:
-                    image = to_rgb(*pipeline.decode(msg))
-                matcher.add_frame(index, stamp, None if frame is None else frame.result.labels, image)
-                index += 1
-                bar.update(1)
-            bar.close()
-            closing = time.perf_counter()
-        write_s = sum(latency.get("write", ())) / 1e3 + time.perf_counter() - closing
-        seconds = time.perf_counter() - began
-    if processed == 0:
-        raise BagError(f"no frame of {topics.image} in bag {bag_path} could be segmented"
-                       + (f": {log.messages[0]}" if log.messages else " (the topic has no messages)"))
-    info = _info(bag_path, topics, config, index, processed, stats, resets, seconds, read_s + write_s)
-    info["output_bag"] = f"{outputs.bag} ({mask_topic}, {mask_topic}/color"
-    info["output_bag"] += f", {mask_topic}/camera_info)" if topics.camera_info else ")"
-    smoothed = f" + {config.smoothing}" if config.smoothing != "none" else ""
-    report = matcher.finish(f"{Path(config.model).stem}{smoothed} on {bag_path.name} (offline)", latency, info)
-    write_report(report, outputs.report, overwrite=overwrite)
+        with outputs.writing(overwrite) as staged:
+            segmenter, classes = load_segmenter(config)
+            echo(segmenter.loaded.message)
+            total = reader.count(topics.image)
+            log, clock, stats = _Log(echo), _LogClock(), NodeStats()
+            matcher = FrameMatcher(classes, bag_path.stem, consistency_mode, topics.label is not None,
+                                   f"{topics.label} in bag {bag_path}")
+            slots = overlay_indices(total, num_overlays)
+            latency: dict[str, list[float]] = {}
+            resets: list[str] = []
+            message_type = CompressedImage if topics.compressed else Image
+            wanted = [t for t in (topics.image, topics.label, topics.camera_info) if t]
+            index = processed = 0
+            read_s = 0.0
+            began = time.perf_counter()
+            with BagWriter(staged.bag, storage=storage, distro=distro) as bag:
+                publishers = Outputs(
+                    mask=_BagPublisher(bag, mask_topic, IMAGE_TYPE, clock),
+                    color=_BagPublisher(bag, f"{mask_topic}/color", IMAGE_TYPE, clock),
+                    camera_info=_BagPublisher(bag, f"{mask_topic}/camera_info", CAMERA_INFO_TYPE, clock)
+                    if topics.camera_info else None)
+                pipeline = SegmentPipeline(segmenter, classes, publishers, stats, log, time.time_ns,
+                                           compressed=topics.compressed, max_pixels=config.max_image_pixels)
+                bar = tqdm(total=total, desc="eval", unit="frame", disable=not progress, leave=False)
+                messages = reader.messages(wanted)
+                while True:
+                    start = time.perf_counter()
+                    message = next(messages, None)
+                    if message is None:
+                        break
+                    if message.topic == topics.camera_info:
+                        pipeline.set_camera_info(deserialize_message(message.raw, CameraInfo))
+                        read_s += time.perf_counter() - start
+                        continue
+                    if message.topic == topics.label:
+                        label = reader.deserialize(message)
+                        read_s += time.perf_counter() - start
+                        matcher.add_label(stamp_to_ns(label.header.stamp), label_array(label, topics.label))
+                        continue
+                    msg = deserialize_message(message.raw, message_type)
+                    clock.now_ns = message.log_time_ns
+                    read_ms = 1e3 * (time.perf_counter() - start)
+                    read_s += read_ms / 1e3
+                    frame = pipeline.process(msg)
+                    stamp = stamp_to_ns(msg.header.stamp)
+                    if frame is None:
+                        _check_first_frame(processed, stats, log, topics.image, bag_path)
+                    else:
+                        processed += 1
+                        result = frame.result
+                        if result.reset:
+                            resets.append(f"frame {index}: {result.reset_reason}")
+                        for stage, ms in _stages(read_ms, frame).items():
+                            latency.setdefault(stage, []).append(ms)
+                    image = None
+                    if index in slots and frame is not None:
+                        image = to_rgb(*pipeline.decode(msg))
+                    matcher.add_frame(index, stamp, None if frame is None else frame.result.labels, image)
+                    index += 1
+                    bar.update(1)
+                bar.close()
+                closing = time.perf_counter()
+            write_s = sum(latency.get("write", ())) / 1e3 + time.perf_counter() - closing
+            seconds = time.perf_counter() - began
+            if processed == 0:
+                raise BagError(f"no frame of {topics.image} in bag {bag_path} could be segmented"
+                               + (f": {log.messages[0]}" if log.messages else " (the topic has no messages)"))
+            info = _info(bag_path, topics, config, index, processed, stats, resets, seconds, read_s + write_s)
+            info["output_bag"] = f"{outputs.bag} ({mask_topic}, {mask_topic}/color"
+            info["output_bag"] += f", {mask_topic}/camera_info)" if topics.camera_info else ")"
+            smoothed = f" + {config.smoothing}" if config.smoothing != "none" else ""
+            report = matcher.finish(f"{Path(config.model).stem}{smoothed} on {bag_path.name} (offline)", latency, info)
+            write_report(report, staged.report)
     return BagEvaluation(report, outputs.report, outputs.bag, index, processed, seconds)
 
 

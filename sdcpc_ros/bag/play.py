@@ -14,6 +14,7 @@ subscriber QoS accepts.
 from __future__ import annotations
 
 import importlib
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -27,9 +28,30 @@ from rclpy.signals import SignalHandlerOptions
 
 from .bagfiles import NS_PER_S, BagError, BagMessage, BagReader
 
-__all__ = ["BagPlayer", "PlayResult", "QOS_CHOICES", "RosSession", "message_class", "parse_remaps"]
+__all__ = ["BagPlayer", "MAX_DOMAIN_ID", "PlayResult", "QOS_CHOICES", "RosSession", "check_domain_id", "message_class",
+           "parse_remaps"]
 
 QOS_CHOICES = ("reliable", "sensor_data")
+# The DDS default port mapping (Fast DDS, Cyclone DDS) gives domain d the ports 7400 + 250 d + a few
+# offsets, which must stay below 65536: domain ids 0..232 (0..101 keep clear of Linux's ephemeral ports).
+MAX_DOMAIN_ID = 232
+
+
+def check_domain_id(domain_id: int | None) -> int | None:
+    """``domain_id``, or ``ROS_DOMAIN_ID`` when None (None when that is unset too); ``BagError`` for one
+    outside 0..MAX_DOMAIN_ID, which the middleware would refuse with a traceback."""
+    where = "--domain-id"
+    if domain_id is None:
+        text = os.environ.get("ROS_DOMAIN_ID", "").strip()
+        if not text:
+            return None
+        where = "ROS_DOMAIN_ID"
+        domain_id = int(text) if text.isdigit() else -1
+    if not 0 <= domain_id <= MAX_DOMAIN_ID:
+        raise BagError(f"{where} must be a ROS domain id in 0..{MAX_DOMAIN_ID} (the DDS default port mapping has "
+                       f"no ports for larger ones; 0..101 is safe on Linux), got "
+                       f"{os.environ.get('ROS_DOMAIN_ID') if where == 'ROS_DOMAIN_ID' else domain_id}")
+    return domain_id
 
 
 class RosSession:
@@ -49,9 +71,10 @@ class RosSession:
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> RosSession:
+        domain_id = check_domain_id(self.domain_id)
         self.context = Context()
         # args=[]: the program's own command line (e.g. "--remap a:=b") is not ROS arguments
-        rclpy.init(args=[], context=self.context, domain_id=self.domain_id,
+        rclpy.init(args=[], context=self.context, domain_id=domain_id,
                    signal_handler_options=SignalHandlerOptions.NO)
         try:
             self.node = rclpy.create_node(self.node_name, context=self.context)
@@ -90,12 +113,22 @@ def _absolute(name: str) -> str:
 
 
 def parse_remaps(items: Iterable[str]) -> dict[str, str]:
-    """``["/a:=/b", "c:=d"]`` -> ``{"/a": "/b", "/c": "/d"}``; ``BagError`` for a malformed rule."""
+    """``["/a:=/b", "c:=d"]`` -> ``{"/a": "/b", "/c": "/d"}``; ``BagError`` for a malformed rule or a name
+    that is not a valid ROS topic name."""
+    from rclpy.exceptions import InvalidTopicNameException
+    from rclpy.validate_full_topic_name import validate_full_topic_name
+
     remaps = {}
     for item in items:
         source, separator, target = item.partition(":=")
         if not separator or not source.strip() or not target.strip():
             raise BagError(f"remap rule {item!r} must look like /old/topic:=/new/topic")
+        for name in (source, target):
+            try:
+                validate_full_topic_name(_absolute(name.strip()))
+            except InvalidTopicNameException as error:
+                reason = str(error).splitlines()[0].removeprefix("Invalid topic name: ").rstrip(":")
+                raise BagError(f"remap rule {item!r}: {name.strip()!r} is not a valid topic name ({reason})") from None
         remaps[_absolute(source.strip())] = _absolute(target.strip())
     return remaps
 

@@ -2,7 +2,9 @@
 
 * ``EvalTopics.resolve``: the image, label and camera_info topics of a bag (defaults where present;
   a missing topic lists the bag's topics).
-* ``EvalOutputs``: the report folder and the output bag of one evaluation, checked before any work.
+* ``EvalOutputs``: the report folder and the output bag of one evaluation, checked before any work
+  and written through ``EvalOutputs.writing`` (the folder locked for the run, both built in one
+  staging folder and published together only when the run succeeded).
 * ``BagEvaluation``: what an evaluation returns (the report, its paths, headline counts).
 * ``FrameMatcher``: pairs each camera frame's predicted class ids with the ground-truth label of the
   same header stamp, whatever order the bag stores the two topics in, and scores the pairs in
@@ -15,13 +17,17 @@
 from __future__ import annotations
 
 import math
+import shutil
 import sys
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from sdcpc_core.atomic_files import lock_folder, publish_entries, remove_stale_staging, staging_folder
 from sdcpc_core.classes import ClassList
 from sdcpc_core.eval.evaluator import CONSISTENCY_WINDOWS, Scorer
 from sdcpc_core.eval.report import EvaluationReport, OverlayFrame
@@ -83,6 +89,9 @@ class EvalTopics:
         return cls(image, image_type, label or None, camera_info or None)
 
 
+_STAGE = "eval"  # OUT/.eval.<pid>-<random>.tmp: where a run builds its bag and report
+
+
 @dataclass(frozen=True)
 class EvalOutputs:
     """Where an evaluation writes: ``folder/report/`` (``write_report``) and ``folder/semantic_mask.<ext>``."""
@@ -102,6 +111,32 @@ class EvalOutputs:
             raise BagError(f"report folder {self.report} already exists; pass --overwrite to replace it")
         if self.report.exists() and not self.report.is_dir():
             raise BagError(f"report path {self.report} exists and is not a folder; refusing to replace it")
+
+    @contextmanager
+    def writing(self, overwrite: bool, what: str = "sdcpc-bag eval") -> Iterator[EvalOutputs]:
+        """Locks the output folder for the run (``FolderInUseError`` if another run has it) and yields where to
+        write: the same names in a staging folder inside it. When the block ends without an exception,
+        the bag and then the report are moved into place (``publish_entries``: the report, moved last,
+        marks both as new; a crash never leaves a new bag beside an old report); on an exception nothing
+        is published, and an output folder this run created is removed again. What killed runs left
+        (staging folders, temporary and retired files) is removed first."""
+        folder = self.report.parent
+        if self.bag.parent != folder:
+            raise ValueError(f"the report {self.report} and the bag {self.bag} must share a folder")
+        lock = lock_folder(folder, what)
+        try:
+            self.check(overwrite)  # again under the lock: another run may have published meanwhile
+            remove_stale_staging(folder, (_STAGE, self.report.name, self.bag.name), lock.acquired)
+            stage = staging_folder(folder / _STAGE)
+            try:
+                yield EvalOutputs(stage / self.report.name, stage / self.bag.name)
+                publish_entries(stage, folder, [self.bag.name, self.report.name])
+            finally:
+                shutil.rmtree(stage, ignore_errors=True)
+        except BaseException:
+            lock.release(remove_created=True)
+            raise
+        lock.release()
 
 
 def note(message: str) -> None:
