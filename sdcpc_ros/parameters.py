@@ -30,6 +30,9 @@ QOS_NAMES = ("sensor_data", "default", "reliable")
 _OTHER_PARAMETERS = ("classes", "use_sim_time", "start_type_description_service", "start_parameter_event_publisher")
 _OTHER_PREFIXES = ("qos_overrides.",)
 MAX_INPUT_SIDE = 8192
+DEFAULT_INPUT_SIZE = (480, 864)  # network input when neither the parameters nor the checkpoint give one
+_INPUT_SIDE_ACCEPTED = (f"0 (the checkpoint's recommended size) or a multiple of {SIZE_MULTIPLE} in "
+                        f"{SIZE_MULTIPLE}..{MAX_INPUT_SIDE}")
 _DEVICE = re.compile(r"^(cpu|cuda|cuda:\d+)$")
 
 
@@ -59,10 +62,13 @@ class NodeConfig:
     fused_window_attention: bool = _param(True, "Run DSSA's window attention as the fused Triton kernel on CUDA "
                                           "(eager, compile and cudagraph backends); false: plain PyTorch operators. "
                                           "SDCPC_FUSED_WINDOW=0 in the environment turns it off too.")
-    input_height: int = _param(480, "Network input height in pixels.", low=SIZE_MULTIPLE, high=MAX_INPUT_SIDE,
-                               step=SIZE_MULTIPLE)
-    input_width: int = _param(864, "Network input width in pixels.", low=SIZE_MULTIPLE, high=MAX_INPUT_SIDE,
-                              step=SIZE_MULTIPLE)
+    input_height: int = _param(0, "Network input height in pixels; 0 (with input_width 0): the checkpoint's "
+                               "recommended size (the shipped sdcpc_b0_synthetic: 256x480; a checkpoint without one: "
+                               f"{DEFAULT_INPUT_SIZE[0]}x{DEFAULT_INPUT_SIZE[1]}).", low=0, high=MAX_INPUT_SIDE,
+                               step=SIZE_MULTIPLE, accepted=_INPUT_SIDE_ACCEPTED)
+    input_width: int = _param(0, "Network input width in pixels; 0 (with input_height 0): the checkpoint's "
+                              "recommended size.", low=0, high=MAX_INPUT_SIDE, step=SIZE_MULTIPLE,
+                              accepted=_INPUT_SIDE_ACCEPTED)
     reference_offsets: tuple[int, ...] = _param((9, 6, 3), "Offsets (in frame periods) of the past reference "
                                                 "frames, farthest first.", low=1, high=1000)
     frame_period_s: float = _param(0.0333, "Nominal time between camera frames in seconds.", low=0.001, high=10.0)
@@ -105,12 +111,17 @@ class NodeConfig:
         for spec in fields(self):
             value = _checked(spec, getattr(self, spec.name))
             object.__setattr__(self, spec.name, value)
+        if (self.input_height == 0) != (self.input_width == 0):
+            raise ParameterError(f"parameters 'input_height' and 'input_width' must both be 0 (the checkpoint's "
+                                 f"recommended size) or both be set; got {self.input_height}x{self.input_width}")
         if self.precision == "fp16" and self.device == "cpu":
             raise ParameterError("parameter 'precision' fp16 needs a CUDA device but parameter 'device' is cpu; use "
                                  "fp32 or bf16 on the CPU")
 
     @property
     def input_size(self) -> tuple[int, int]:
+        """(input_height, input_width); (0, 0) means the checkpoint's recommended size
+        (``segment_node.network_input_size``)."""
         return self.input_height, self.input_width
 
     @classmethod
@@ -272,5 +283,5 @@ def latched_qos() -> QoSProfile:
                       durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
-__all__ = ["NodeConfig", "ParameterError", "QOS_NAMES", "accepted_values", "declare_parameters", "descriptor",
-           "latched_qos", "qos_profile", "read_parameters", "unknown_parameters"]
+__all__ = ["DEFAULT_INPUT_SIZE", "NodeConfig", "ParameterError", "QOS_NAMES", "accepted_values", "declare_parameters",
+           "descriptor", "latched_qos", "qos_profile", "read_parameters", "unknown_parameters"]

@@ -52,6 +52,7 @@ from sdcpc_core.weights.resolve import LoadedModel, open_model
 
 from .diagnostics import NodeStats, diagnostic_status
 from .parameters import (
+    DEFAULT_INPUT_SIZE,
     NodeConfig,
     ParameterError,
     declare_parameters,
@@ -76,7 +77,6 @@ CLASSES_TOPIC = "semantic_mask/classes"
 DIAGNOSTICS_TOPIC = "/diagnostics"
 CLASSES_PARAMETER = "classes"
 DIAGNOSTICS_PERIOD_S = 1.0
-DEFAULT_INPUT_SIZE = (480, 864)  # network input when neither the parameters nor the checkpoint give one
 
 
 class StartupError(ValueError):
@@ -124,6 +124,17 @@ def network_input_size(config: NodeConfig, loaded: LoadedModel) -> tuple[int, in
     return loaded.input_size or DEFAULT_INPUT_SIZE
 
 
+def input_size_note(config: NodeConfig, loaded: LoadedModel, size: tuple[int, int]) -> str:
+    """``network input 256x480 (the checkpoint's recommended size)``: the size used and where it comes from."""
+    if all(config.input_size):
+        source = "the input_height and input_width parameters"
+    elif loaded.input_size:
+        source = "the checkpoint's recommended size; set input_height and input_width to change it"
+    else:
+        source = "the default: the checkpoint recommends none; set input_height and input_width to change it"
+    return f"network input {size[0]}x{size[1]} ({source})"
+
+
 def _check_device(device: str) -> None:
     if device == "cpu":
         return
@@ -160,6 +171,8 @@ class SegmentRuntime:
         self.segmenter, self.classes = load_segmenter(config)
         logger = node.get_logger()
         logger.info(f"{self.segmenter.loaded.message[0].upper()}{self.segmenter.loaded.message[1:]}.")
+        note = input_size_note(config, self.segmenter.loaded, self.segmenter.config.input_size)
+        logger.info(f"{note[0].upper()}{note[1:]}.")
         if self.segmenter.loaded.demo:
             logger.warning(f"{config.model} is {self.segmenter.loaded.demo}: expect wrong classes on real camera "
                            f"images; set the parameter 'model' to your own weights (a Hugging Face SegFormer "

@@ -356,7 +356,29 @@ def test_params_file_sets_the_node_parameters(tmp_path, checkpoint):
     assert (config.model, config.input_size, config.reference_offsets) == (str(checkpoint), (64, 96), (4, 2))
     shipped = Path(__file__).resolve().parent.parent / "config" / "segment.yaml"  # the node's own file reads as is
     args = cli.build_parser().parse_args(["eval", "b.mcap", "--params-file", str(shipped)])
-    assert cli.node_config(args).input_size == (480, 864)
+    assert cli.node_config(args).input_size == (0, 0)  # the checkpoint's recommended size
+
+
+def test_eval_input_size_is_the_checkpoints_unless_given(tmp_path, capsys, checkpoint, drive_bag):
+    """Without --input-size (nor input_height / input_width in --params-file) the checkpoint's recommended size."""
+    from sdcpc_core.weights.resolve import open_model
+
+    sized = tmp_path / "sized.safetensors"
+    save_weights(open_model(checkpoint).model, sized,
+                 metadata={"classes": SYNTHETIC_CLASSES.to_json(), "input_size": [64, 96]})
+    for extra, size, source in (((), "64x96", "the checkpoint's recommended size"),
+                                (("--input-size", "32x64"), "32x64", "the input_height and input_width parameters")):
+        out = tmp_path / f"out_{size}"
+        code, stdout, err = _cli(capsys, "eval", drive_bag, "--model", sized, *extra, "--out", out, "--overlays", 0,
+                                 "--no-progress")
+        assert code == 0, err
+        assert f"network input {size} ({source}" in stdout + err
+        assert json.loads((out / "report" / "report.json").read_text())["info"]["input_size"] == size
+    params = tmp_path / "half.yaml"
+    params.write_text("/**:\n  ros__parameters:\n    input_height: 64\n")
+    code, _, err = _cli(capsys, "eval", drive_bag, "--model", sized, "--params-file", params, "--out",
+                        tmp_path / "half", "--no-progress")
+    assert code == 2 and "parameters 'input_height' and 'input_width' must both be 0" in err, err
 
 
 def test_smoothing_option_reaches_the_node_pipeline(tmp_path, capsys, checkpoint, drive_bag):

@@ -528,7 +528,10 @@ def test_30hz_into_a_slow_model_for_20s_keeps_memory_bounded(graph, checkpoint, 
 
 # ------------------------------------------------------------------------------------------- parameters
 @pytest.mark.parametrize("params, words", [
-    ({"input_height": 100}, "parameter 'input_height' must be an integer in 32..8192, a multiple of 32"),
+    ({"input_height": 100},
+     "parameter 'input_height' must be 0 (the checkpoint's recommended size) or a multiple of 32 in 32..8192"),
+    ({"input_width": 0}, "parameters 'input_height' and 'input_width' must both be 0 (the checkpoint's recommended "
+                         "size) or both be set; got 64x0"),
     ({"backend": "magic"},
      "parameter 'backend' must be one of eager, compile, cudagraph, onnxruntime, tensorrt; got 'magic'"),
     ({"compile_mode": "fast"}, "parameter 'compile_mode' must be empty (inductor's default) or one of default, "
@@ -565,12 +568,35 @@ def test_unusable_model_settings_are_refused_at_start_up(graph, checkpoint, para
 def test_parameters_have_descriptors_and_are_read_only(graph, checkpoint):
     node = start(graph, checkpoint)
     height = node.describe_parameter("input_height")
-    assert height.integer_range[0].from_value == 32 and height.integer_range[0].step == 32
+    assert height.integer_range[0].from_value == 0 and height.integer_range[0].step == 32  # 0: the checkpoint's
     assert height.read_only and "multiple of 32" in height.additional_constraints
     assert node.describe_parameter("max_gap_s").floating_point_range[0].to_value == 3600.0
     assert "one of camera, network" in node.describe_parameter("output_resolution").additional_constraints
     assert set(NodeConfig.names()) <= set(node._parameters)
     assert not node.set_parameters([Parameter("queue_size", value=3)])[0].successful
+
+
+@pytest.mark.parametrize("model, params, size, source", [
+    ("sdcpc_b0_synthetic", {}, (256, 480), "the checkpoint's recommended size"),
+    ("sdcpc_b0_synthetic", {"input_height": 128, "input_width": 256}, (128, 256),
+     "the input_height and input_width parameters"),
+    ("tiny", {}, (480, 864), "the default: the checkpoint recommends none"),
+])
+def test_input_size_is_the_checkpoints_unless_the_parameters_set_it(graph, checkpoint, capfd, model, params, size,
+                                                                   source):
+    """input_height / input_width default to 0: the checkpoint's recommended size (the shipped model's 256x480,
+    else 480x864); the size used is logged at start-up and is the network's input (masks at 1/4 of it)."""
+    values = {"model": str(checkpoint) if model == "tiny" else model, "input_qos": "default",
+              "output_resolution": "network", **params}
+    node = graph.add(SegmentNode(context=graph.context, namespace=f"/size{next(_names)}_{os.getpid()}",
+                                 parameter_overrides=[Parameter(k, value=v) for k, v in values.items()]))
+    assert (node.get_parameter("input_height").value, node.get_parameter("input_width").value) == \
+        (params.get("input_height", 0), params.get("input_width", 0))
+    assert node.runtime.segmenter.config.input_size == size
+    assert f"Network input {size[0]}x{size[1]} ({source}" in capfd.readouterr().err
+    masks = Probe(graph, Image, topic(node, "semantic_mask"))
+    mask = send_and_wait(image_publisher(graph, node), masks, image_msg(scene(shape=size)), timeout=60.0)
+    assert (mask.height, mask.width) == (size[0] // 4, size[1] // 4)
 
 
 # -------------------------------------------------------------------------------------------- lifecycle

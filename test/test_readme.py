@@ -48,6 +48,7 @@ RUN = {
     "sdcpc-train --help": r"usage: sdcpc-train",
     "sdcpc-eval --help": r"usage: sdcpc-eval",
     "sdcpc-export --help": r"usage: sdcpc-export",
+    "sdcpc-convert --help": r"usage: sdcpc-convert",
 }
 
 # Run here only in the full suite (slow); they may use the files of the RUN commands above.

@@ -21,7 +21,8 @@ Offline, the node's parameters come from ``--params-file`` (a ROS 2 parameter fi
 ``config/segment.yaml``; the ``ros__parameters`` of ``/**`` or ``segment_node``), then the options
 ``--model``, ``--backend``, ``--device``, ``--precision``, ``--input-size`` and ``--smoothing`` (the
 node's training-free temporal smoothing, ``sdcpc_core.eval.smoothing``: e.g. ``ema:0.5`` or ``window``)
-override them.
+override them. Without ``--input-size`` and without ``input_height`` / ``input_width`` in the parameter file (or
+with them 0, as in ``config/segment.yaml``), the network input is the checkpoint's recommended size, as in the node.
 
 ``eval`` locks its output folder for the run (a second ``eval`` on it is refused), builds the bag and
 the report in a staging folder inside it and publishes them only when the run succeeded, the bag
@@ -123,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     offline.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cpu)")
     offline.add_argument("--precision", default=None, help="fp32, fp16 or bf16 (default fp32)")
     offline.add_argument("--input-size", type=image_size, default=None,
-                         help="network input HEIGHTxWIDTH, multiples of 32 (default: the node's, 480x864)")
+                         help="network input HEIGHTxWIDTH, multiples of 32 (default: the node's input_height and "
+                              "input_width, else the checkpoint's recommended size, e.g. 256x480 for "
+                              "sdcpc_b0_synthetic, else 480x864)")
     offline.add_argument("--smoothing", type=smoothing, default=None,
                          help="temporal smoothing of the probabilities: none, ema:A (0 < A <= 1, e.g. ema:0.5) or "
                               "window[:O1,O2,..] (default: the node's, none)")

@@ -30,7 +30,7 @@ from sdcpc_core.runtime.image import to_rgb
 from ..diagnostics import NodeStats
 from ..parameters import NodeConfig
 from ..pipeline import Outputs, ProcessedFrame, SegmentPipeline, stamp_to_ns
-from ..segment_node import load_segmenter
+from ..segment_node import input_size_note, load_segmenter
 from .bagfiles import CAMERA_INFO_TYPE, DEFAULT_DISTRO, IMAGE_TYPE, MASK_TOPIC, BagError, BagReader, BagWriter
 from .scoring import BagEvaluation, EvalOutputs, EvalTopics, FrameMatcher, label_array, note, overlay_indices
 
@@ -98,6 +98,7 @@ def evaluate_offline(bag_path: str | Path, config: NodeConfig, outputs: EvalOutp
         with outputs.writing(overwrite) as staged:
             segmenter, classes = load_segmenter(config)
             echo(segmenter.loaded.message)
+            echo(input_size_note(config, segmenter.loaded, segmenter.config.input_size))
             total = reader.count(topics.image)
             log, clock, stats = _Log(echo), _LogClock(), NodeStats()
             matcher = FrameMatcher(classes, bag_path.stem, consistency_mode, topics.label is not None,
@@ -162,7 +163,8 @@ def evaluate_offline(bag_path: str | Path, config: NodeConfig, outputs: EvalOutp
             if processed == 0:
                 raise BagError(f"no frame of {topics.image} in bag {bag_path} could be segmented"
                                + (f": {log.messages[0]}" if log.messages else " (the topic has no messages)"))
-            info = _info(bag_path, topics, config, index, processed, stats, resets, seconds, read_s + write_s)
+            info = _info(bag_path, topics, config, segmenter.config.input_size, index, processed, stats, resets,
+                         seconds, read_s + write_s)
             info["output_bag"] = f"{outputs.bag} ({mask_topic}, {mask_topic}/color"
             info["output_bag"] += f", {mask_topic}/camera_info)" if topics.camera_info else ")"
             smoothed = f" + {config.smoothing}" if config.smoothing != "none" else ""
@@ -186,9 +188,10 @@ def _check_first_frame(processed: int, stats: NodeStats, log: _Log, topic: str, 
         raise BagError(f"{topic} in bag {bag_path}: {log.messages[0]}")
 
 
-def _info(bag_path: Path, topics: EvalTopics, config: NodeConfig, frames: int, processed: int, stats: NodeStats,
-          resets: list[str], seconds: float, io_seconds: float) -> dict:
-    """The report's description of the run."""
+def _info(bag_path: Path, topics: EvalTopics, config: NodeConfig, input_size: tuple[int, int], frames: int,
+          processed: int, stats: NodeStats, resets: list[str], seconds: float, io_seconds: float) -> dict:
+    """The report's description of the run; ``input_size`` is the network input used (the parameters', else the
+    checkpoint's recommended size)."""
     snapshot = stats.snapshot()
     bad = {kind: count for kind, count in snapshot.bad_messages.items() if count}
     notes = "; ".join(resets[:MAX_RESET_NOTES]) + (f"; ... ({len(resets) - MAX_RESET_NOTES} more)"
@@ -198,7 +201,7 @@ def _info(bag_path: Path, topics: EvalTopics, config: NodeConfig, frames: int, p
         "bag": str(bag_path), "image_topic": f"{topics.image} ({topics.image_type})",
         "label_topic": topics.label or "none", "camera_info_topic": topics.camera_info or "none",
         "model": config.model, "backend": config.backend, "device": config.device, "precision": config.precision,
-        "input_size": f"{config.input_height}x{config.input_width}",
+        "input_size": f"{input_size[0]}x{input_size[1]}",
         "reference_offsets": list(config.reference_offsets), "frame_period_s": config.frame_period_s,
         "smoothing": config.smoothing,
         "frames_in_bag": frames, "frames_processed": processed, "bad_messages": bad or "none",
