@@ -100,7 +100,8 @@ def test_config_loads_yaml_with_overrides_and_names_bad_fields(tmp_path):
         load_config(path, ["data.crop=[64, 64]"])
     with pytest.raises(ConfigError, match=r"unknown section\(s\) trainer"):
         config_from_dict({"trainer": {}})
-    with pytest.raises(ConfigError, match=r"config field data\.crop_size must be two integers in 32..8192, got \(16, 16\)"):
+    with pytest.raises(ConfigError,
+                       match=r"config field data\.crop_size must be two integers in 32..8192, got \(16, 16\)"):
         load_config(path, ["data.crop_size=[16, 16]"])
     with pytest.raises(ConfigError, match=r"config field runtime\.precision must be one of auto"):
         load_config(path, ["runtime.precision=fp8"])
