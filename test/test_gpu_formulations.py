@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from sdcpc_core.models import build_model
 from sdcpc_core.models.dssa import perceptual_difference, selection_scores
-from sdcpc_core.models.layers import grid_pool_tokens, inference_constant, mean_pool2x2
+from sdcpc_core.models.layers import conv_on_tokens, grid_pool_tokens, inference_constant, mean_pool2x2
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -138,3 +138,28 @@ def test_op_count_counts_operators_per_part_and_the_window_op_once(path):
     assert unfused["total"] > sdcpc["total"]
     if path == "gpu":  # guards the kernel count of SD-CPC's own parts on the GPU path
         assert sdcpc["total"] <= 1.55 * segformer["total"], (sdcpc, segformer)
+
+
+def test_inference_constant_built_in_inference_mode_serves_training_through_frozen_weights():
+    conv = torch.nn.Conv2d(4, 4, 3, padding=1, groups=4)
+    tokens = torch.randn(1, 16, 4)
+    with torch.inference_mode():
+        conv_on_tokens(conv, tokens, 4, 4)  # fills the cache with a channels-last weight
+    conv.requires_grad_(False)  # a frozen layer in fine-tuning
+    x = tokens.clone().requires_grad_(True)
+    conv_on_tokens(conv, x, 4, 4).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_inference_constant_of_inference_tensors_and_replaced_weights():
+    owner = _Owner(3, 2)
+    owner.calls = 0
+    with torch.inference_mode():
+        inference = torch.randn(2, 3)
+        assert torch.equal(inference_constant(owner, "w", lambda: inference * 2, inference), inference * 2)
+    with torch.inference_mode():
+        first = inference_constant(owner, "w2", owner.folded, owner.weight)
+    owner.weight = torch.nn.Parameter(owner.weight.detach())  # a new object on the same storage and version
+    with torch.inference_mode():
+        second = inference_constant(owner, "w2", owner.folded, owner.weight)
+    assert owner.calls == 2 and torch.equal(first, second)  # recomputed for the new object

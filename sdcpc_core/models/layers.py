@@ -140,22 +140,27 @@ def mean_pool2x2(x: torch.Tensor) -> torch.Tensor:
 
 def inference_constant(owner: nn.Module, name: str, compute: Callable[[], Any], *sources: torch.Tensor) -> Any:
     """``compute()`` (tensors derived from ``sources``, e.g. folded weights), computed once and reused while
-    the ``sources`` are unchanged (same storage, version, dtype and device), in eager inference.
+    the ``sources`` are unchanged: the same tensor objects with the same storage and version.
 
     Under autograd (a source requires gradients), ``torch.compile`` and ``torch.export`` it is computed
-    afresh, so gradients flow and traced graphs keep deriving the constants from the parameters. On a GPU
-    at batch 1 each derived weight is one more kernel per frame for a value that only changes when the
-    weights do.
+    afresh, so gradients flow and traced graphs keep deriving the constants from the parameters; so it is
+    for inference tensors as sources, which have no version counter. The cached value is computed outside
+    inference mode and without gradients, so it may also serve a later autograd pass through frozen
+    weights. The entry keeps the sources themselves, so a replaced weight's memory cannot be reused by
+    its successor while the entry lives. On a GPU at batch 1 each derived weight is one more kernel per
+    frame for a value that only changes when the weights do.
     """
     if (torch.compiler.is_compiling() or torch.compiler.is_exporting()
-            or (torch.is_grad_enabled() and any(s.requires_grad for s in sources))):
+            or (torch.is_grad_enabled() and any(s.requires_grad for s in sources))
+            or any(s.is_inference() for s in sources)):
         return compute()
-    key = tuple((s.data_ptr(), s._version, s.dtype, s.device) for s in sources)
+    state = tuple((s.data_ptr(), s._version) for s in sources)
     cache = owner.__dict__.setdefault("_inference_constants", {})
     hit = cache.get(name)
-    if hit is None or hit[0] != key:
-        hit = cache[name] = (key, compute())
-    return hit[1]
+    if hit is None or hit[1] != state or any(a is not b for a, b in zip(hit[0], sources, strict=True)):
+        with torch.inference_mode(False), torch.no_grad():
+            hit = cache[name] = (sources, state, compute())
+    return hit[2]
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
