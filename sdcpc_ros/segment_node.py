@@ -423,13 +423,13 @@ def run_node(node_class, args=None, signals=None) -> int:
     destroyed before the context is shut down, and no signal interrupts that."""
     from .node_main import StopRequested
 
-    try:
-        _init(args)
-    except StartupError as error:
-        rclpy.logging.get_logger(NODE_NAME).fatal(f"Cannot start: {error}")
-        return 2
     node = None
-    try:
+    try:  # rclpy.init inside: a stop that arrives right after it still shuts the context down
+        try:
+            _init(args)
+        except StartupError as error:
+            rclpy.logging.get_logger(NODE_NAME).fatal(f"Cannot start: {error}")
+            return 2
         node = node_class()
         executor = SingleThreadedExecutor()
         executor.add_node(node)
