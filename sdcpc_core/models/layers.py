@@ -90,10 +90,10 @@ def grid_pool_tokens(x: torch.Tensor, grids: tuple[int, ...]) -> torch.Tensor:
     every operator that builds a pooling matrix is a kernel launch, which costs more there than the
     extra arithmetic of the one dense product.
     """
-    if torch.compiler.is_compiling() or torch.compiler.is_exporting():
-        return torch.cat([map_to_tokens(p) for p in adaptive_avg_pool(x, grids)], dim=1)
-    if eager_cpu_inference(x):
-        return torch.cat([map_to_tokens(p) for p in adaptive_avg_pool(x, grids, _cached_pool_matrix)], dim=1)
+    traced = torch.compiler.is_compiling() or torch.compiler.is_exporting()
+    if traced or eager_cpu_inference(x):
+        matrix = adaptive_pool_matrix if traced else _cached_pool_matrix
+        return torch.cat([map_to_tokens(p) for p in adaptive_avg_pool(x, grids, matrix)], dim=1)
     h, w = x.shape[-2:]
     return torch.matmul(_dense_pool_matrix(h, w, tuple(grids), x.device, x.dtype), x.flatten(2).transpose(1, 2))
 
