@@ -12,8 +12,8 @@ gives the same numbers on every machine, so this is the CPU-side guide to GPU co
 What is counted, after one warm-up frame, for one streaming frame of each model built with random weights in eval mode:
 ``encode_frame`` (the static branch) and ``temporal_step`` over three cached references (SD-CPC;
 the per-frame SegFormer has no temporal stage), exactly what the eager back end runs. Operators
-that only return a view (``view``, ``transpose``, ``slice``, ...) or relabel a fresh tensor
-(``_unsafe_view``) are left out: they launch no kernel; the windowed
+that only return a view (``view``, ``transpose``, ``slice``, ...), relabel a fresh tensor
+(``_unsafe_view``) or allocate one (``empty``, ``new_empty``) are left out: they launch no kernel; the windowed
 cross-frame attention is counted as one operator (it is one fused kernel on a GPU; the plain-op
 reference it replaces is counted with ``--unfused-window``).
 
@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import functools
 import json
 import sys
 from pathlib import Path
@@ -46,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sdcpc_core.models import build_model
 from sdcpc_core.models import dssa as dssa_module
+from sdcpc_core.ops import window_attention as fused_switch
 from sdcpc_core.ops.dispatch import eager_cpu_inference
 
 CASES = {  # name -> (sdcpc variant, segformer variant, (height, width), classes)
@@ -54,7 +56,11 @@ CASES = {  # name -> (sdcpc variant, segformer variant, (height, width), classes
 }
 GOAL = 1.3
 WINDOW_OP = "window_attention (one fused kernel)"
-METADATA_ONLY = {torch.ops.aten._unsafe_view.default}  # reshapes a fresh tensor in place of a view: no kernel
+NO_KERNEL = {  # operators that launch no kernel on a GPU
+    torch.ops.aten._unsafe_view.default,  # reshapes a fresh tensor in place of a view
+    torch.ops.aten.empty.memory_format,  # allocations (from the caching allocator)
+    torch.ops.aten.new_empty.default,
+}
 
 
 class OperatorCounter(TorchDispatchMode):
@@ -85,23 +91,27 @@ class OperatorCounter(TorchDispatchMode):
         return super().__exit__(*exc_info)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if not self.paused and not func.is_view and func not in METADATA_ONLY:
+        if not self.paused and not func.is_view and func not in NO_KERNEL:
             self.counts[(self.part(), func.overloadpacket.__name__)] += 1
         return func(*args, **(kwargs or {}))
 
 
 @contextlib.contextmanager
 def general_formulations():
-    """Every ``sdcpc_core`` module's ``eager_cpu_inference`` answers False, as for a CUDA tensor."""
+    """Every ``sdcpc_core`` module's ``eager_cpu_inference`` answers False and the fused custom ops take
+    CPU tensors, as for a CUDA tensor (a custom op is one operator; on the CPU it runs its plain ops)."""
     patched = [m for name, m in list(sys.modules.items())
                if name.startswith("sdcpc_core") and getattr(m, "eager_cpu_inference", None) is eager_cpu_inference]
+    routes = fused_switch._routes_to_custom_op
     for module in patched:
         module.eager_cpu_inference = lambda *tensors: False
+    fused_switch._routes_to_custom_op = lambda device: True
     try:
         yield
     finally:
         for module in patched:
             module.eager_cpu_inference = eager_cpu_inference
+        fused_switch._routes_to_custom_op = routes
 
 
 @contextlib.contextmanager
@@ -124,6 +134,17 @@ def fused_window_counted(counter: OperatorCounter):
         dssa_module.window_attention = inner
 
 
+@contextlib.contextmanager
+def unfused_window():
+    """The model's window-attention calls run the plain-op formulations (never the custom op)."""
+    inner = dssa_module.window_attention
+    dssa_module.window_attention = functools.partial(inner, allow_fused=False)
+    try:
+        yield
+    finally:
+        dssa_module.window_attention = inner
+
+
 def count_frame(variant: str, size: tuple[int, int], classes: int, path: str = "gpu", refs: int = 3,
                 fused_window: bool = True) -> collections.Counter:
     """Operators of one streaming frame of ``variant`` at ``size`` -> Counter of (part, operator)."""
@@ -135,7 +156,7 @@ def count_frame(variant: str, size: tuple[int, int], classes: int, path: str = "
     with torch.inference_mode(), formulations:
         references = [model.encode_frame(image).without_logits() for _ in range(refs)] if model.is_temporal else []
         model.temporal_step(model.encode_frame(image), references)  # warm-up: constants built once are built
-        window = fused_window_counted(counter) if fused_window else contextlib.nullcontext()
+        window = fused_window_counted(counter) if fused_window else unfused_window()
         with counter, window:
             model.temporal_step(model.encode_frame(image), references)
     return counter.counts

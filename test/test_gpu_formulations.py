@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from sdcpc_core.models import build_model
-from sdcpc_core.models.dssa import perceptual_difference, selection_scores
 from sdcpc_core.models.layers import conv_on_tokens, grid_pool_tokens, inference_constant, mean_pool2x2
+from sdcpc_core.ops.perceptual_difference import perceptual_difference, selection_scores
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -163,3 +163,31 @@ def test_inference_constant_of_inference_tensors_and_replaced_weights():
     with torch.inference_mode():
         second = inference_constant(owner, "w2", owner.folded, owner.weight)
     assert owner.calls == 2 and torch.equal(first, second)  # recomputed for the new object
+
+
+def _frame_outputs(model, images):
+    refs = [model.encode_frame(image).without_logits() for image in images[:-1]]
+    current = model.encode_frame(images[-1])
+    return [current.features, current.kv, current.probs, current.logits, model.temporal_step(current, refs)]
+
+
+def test_a_frame_on_the_general_path_and_under_autograd_equals_the_cpu_path():
+    """The static logits classifier(F4 + up2(A)), SSEA's tokens written in place and the fused difference
+    signals (a GPU frame) give what the CPU formulations and the autograd ones give."""
+    op_count = _op_count_module()
+    torch.manual_seed(0)
+    model = build_model("sdcpc_b0", 5, coarse_tokens=8).eval()
+    with torch.no_grad():
+        model.ssea.gamma.fill_(0.3)
+        model.dssa.gamma.fill_(0.5)
+    images = [torch.randn(1, 3, 64, 96) for _ in range(4)]
+    with torch.inference_mode():
+        cpu = _frame_outputs(model, images)
+        with op_count.general_formulations():
+            general = _frame_outputs(model, images)
+    with torch.enable_grad():
+        autograd = _frame_outputs(model, images)
+    assert autograd[-1].requires_grad
+    for name, a, b, c in zip(("features", "kv", "probs", "logits", "temporal"), cpu, general, autograd):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5, msg=name)
+        torch.testing.assert_close(c.detach(), a, atol=1e-5, rtol=1e-5, msg=name)

@@ -7,9 +7,9 @@ import torch.nn.functional as F
 
 from sdcpc_core.models import VARIANTS, FrameCache, build_model, list_models
 from sdcpc_core.models.decode_head import SegFormerHead
-from sdcpc_core.models.dssa import perceptual_difference, selection_scores
 from sdcpc_core.models.layers import adaptive_avg_pool, mean_pool2x2
 from sdcpc_core.models.resnet import DilatedResNet
+from sdcpc_core.ops.perceptual_difference import perceptual_difference, selection_scores
 
 
 def randomise_temporal_scales(model, seed=0):

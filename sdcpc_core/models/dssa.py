@@ -2,7 +2,8 @@
 
 Per reference frame r, the *static perceptual difference* d_r is the Jensen-Shannon divergence
 between the target's and the reference's class probabilities at 1/32, divided by ln 2 so that it
-lies in [0, 1]. It drives both stages:
+lies in [0, 1] (``sdcpc_core.ops.perceptual_difference``, which also gives the stage-1 selection
+scores and the gate in one call: one fused kernel on a GPU). It drives both stages:
 
 * stage 1 (coarse, 1/32): target tokens attend to a fixed number of reference tokens, those where
   d_r is largest (where the class-level perception changed between the frames: moving or
@@ -17,63 +18,15 @@ zero-initialised per-channel factor, so the temporal branch starts as an identit
 """
 from __future__ import annotations
 
-import functools
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops.perceptual_difference import difference_signals
 from ..ops.window_attention import window_attention
 from .layers import LayerNorm2d, inference_constant, map_to_tokens, multihead_attention, tokens_to_map
 
 MAX_SELECTED_TOKENS = 3840  # TensorRT's TopK limit on K
-
-
-def perceptual_difference(target_probs: torch.Tensor, ref_probs: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Jensen-Shannon divergence / ln 2, in [0, 1].
-
-    target_probs: ``(B, K, h, w)``; ref_probs: ``(B, R, K, h, w)``; returns ``(B, R, h, w)``.
-    Computed as ``H(m) - (H(p) + H(q)) / 2`` with ``m = (p + q) / 2`` and the entropies ``H`` over
-    classes (equal to the two KL terms for any positive p, q): the target's entropy is taken once for
-    all references, and each term is one element-wise operator and one reduction.
-    """
-    probs = torch.cat([target_probs.unsqueeze(1), ref_probs], dim=1).clamp_min_(eps)  # (B, 1 + R, K, h, w)
-    entropy = torch.special.entr(probs).sum(2)  # (B, 1 + R, h, w)
-    mixture = torch.special.entr(torch.lerp(probs[:, :1], probs[:, 1:], 0.5)).sum(2)  # (B, R, h, w)
-    js = mixture - torch.lerp(entropy[:, :1], entropy[:, 1:], 0.5)
-    return js.mul_(1.0 / math.log(2.0)).clamp_(0.0, 1.0)
-
-
-def selection_scores(difference: torch.Tensor) -> torch.Tensor:
-    """Stage-1 ranking ``(B, R*h*w)``: difference quantised to 1/256 plus a static tie-breaker.
-
-    Quantising makes the choice insensitive to float noise (a batched clip and a streamed frame
-    select the same tokens); the tie-breaker (< 1/256) prefers newer references, then earlier
-    positions, so equal differences (e.g. duplicated frames at a cold start) rank deterministically
-    in PyTorch and TensorRT alike. Its steps of 1/(256 n) stay above float32 resolution near 1.0
-    for up to n = 32768 reference tokens (3 references of 1/32 maps up to 1080x1920 need 6120).
-    """
-    flat = difference.flatten(1)
-    r, hw = difference.shape[1], difference.shape[2] * difference.shape[3]
-    if torch.compiler.is_compiling() or torch.compiler.is_exporting():
-        tie_break = _tie_break(r, hw, flat.device, flat.dtype)
-    else:  # a constant of the input size: built once, not once per frame
-        tie_break = _cached_tie_break(r, hw, flat.device, flat.dtype)
-    return torch.floor(flat * 256.0).div_(256.0).add_(tie_break)
-
-
-def _tie_break(r: int, hw: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """``(R*hw,)`` tie-breakers of ``selection_scores``, in ``[0, 1/256)``: newer references, then earlier positions."""
-    ref_index = torch.arange(r, device=device, dtype=dtype).repeat_interleave(hw)
-    position = torch.arange(hw, device=device, dtype=dtype).repeat(r)
-    return (ref_index * hw + (hw - 1 - position)) / (r * hw * 256.0)
-
-
-@functools.lru_cache(maxsize=16)
-def _cached_tie_break(r: int, hw: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    with torch.inference_mode(False), torch.no_grad():
-        return _tie_break(r, hw, device, dtype)
 
 
 class CoarseSelectiveAttention(nn.Module):
@@ -91,13 +44,13 @@ class CoarseSelectiveAttention(nn.Module):
         self.kv = nn.Linear(embed_dim, 2 * embed_dim)
         self.proj = nn.Linear(embed_dim, embed_dim)
 
-    def forward(self, target: torch.Tensor, refs: torch.Tensor, difference: torch.Tensor) -> torch.Tensor:
-        """target ``(B, E, h, w)``, refs ``(B, R, E, h, w)``, difference ``(B, R, h, w)`` -> ``(B, E, h, w)``."""
+    def forward(self, target: torch.Tensor, refs: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """target ``(B, E, h, w)``, refs ``(B, R, E, h, w)``, selection scores ``(B, R*h*w)`` -> ``(B, E, h, w)``."""
         b, r, e, h, w = refs.shape
         tokens = refs.permute(0, 1, 3, 4, 2).reshape(b, r * h * w, e)
         count = min(self.max_tokens, r * h * w)
         if count < r * h * w:
-            index = selection_scores(difference).topk(count, dim=1).indices
+            index = scores.topk(count, dim=1).indices
             tokens = tokens.gather(1, index.unsqueeze(-1).expand(b, count, e))
         q = self.q(self.query_norm(map_to_tokens(target)))
         k, v = self.kv(self.key_norm(tokens)).chunk(2, dim=-1)
@@ -142,7 +95,8 @@ class FineWindowAttention(nn.Module):
 
 
 class DifferenceGate(nn.Module):
-    """Per-position weight in (0, 1) from the mean and max difference over references."""
+    """Per-position weight in (0, 1) from the mean and max difference over references: the parameters
+    ``conv`` (2 -> 1, 1x1) of ``sigmoid(conv([mean, max]))``, which ``difference_signals`` evaluates."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -151,11 +105,11 @@ class DifferenceGate(nn.Module):
         assert self.conv.bias is not None  # built with a bias
         nn.init.zeros_(self.conv.bias)
 
-    def forward(self, difference: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """difference ``(B, R, h, w)`` -> gate ``(B, 1, *size)``."""
-        stats = torch.cat([difference.mean(1, keepdim=True), difference.amax(1, keepdim=True)], dim=1)
-        gate = torch.sigmoid(self.conv(stats))
-        return F.interpolate(gate, size=size, mode="bilinear", align_corners=False)
+    def signals(self, probs: torch.Tensor, ref_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """probs ``(B, K, h, w)``, ref_probs ``(B, R, K, h, w)`` -> stage-1 selection scores ``(B, R*h*w)``
+        and the gate ``(B, 1, h, w)``."""
+        assert self.conv.bias is not None  # built with a bias
+        return difference_signals(probs, ref_probs, self.conv.weight, self.conv.bias)
 
 
 class DynamicSemanticAlignment(nn.Module):
@@ -180,13 +134,13 @@ class DynamicSemanticAlignment(nn.Module):
         and the gate ``(B, 1, H8, W8)``; ``residual`` makes the residual D of them, ``TemporalClassifier``
         classifies D without building it.
         """
-        difference = perceptual_difference(probs, ref_probs)
-        context = self.coarse(coarse, ref_coarse, difference)
+        scores, gate = self.gate.signals(probs, ref_probs)
+        context = self.coarse(coarse, ref_coarse, scores)
         size = (features.shape[-2], features.shape[-1])
         # context arrives channels-last (from tokens); on CPU, copying it to NCHW first makes the upsampling
         # 2.5x faster (6 against 15 ms for 256 channels, 1/32 -> 1/8 of 512x1024, copy included)
         query = F.interpolate(context.contiguous(), size=size, mode="bilinear", align_corners=False).add_(features)
-        return self.fine(query, ref_kv), self.gate(difference, size)
+        return self.fine(query, ref_kv), F.interpolate(gate, size=size, mode="bilinear", align_corners=False)
 
     def residual(self, attended: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         """The temporal residual D = gamma * gate * proj(attended) ``(B, E, H8, W8)``."""

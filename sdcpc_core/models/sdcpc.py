@@ -2,8 +2,8 @@
 
 Static branch (per frame, run once and cached):
     backbone -> SegFormer head -> fused F4 ``(B, E, H/4, W/4)``;  X = avgpool2(F4) at 1/8;
-    A = SSEA(X, per-level maps);  S = X + A;  static logits P = classifier(F4) + up2(W_classifier A)
-    (= classifier(F4 + up2(A)), the classifier's dropout acting on F4 only).
+    A = SSEA(X, per-level maps);  S = X + A;  static logits P = classifier(F4 + up2(A)), the classifier's
+    dropout acting on F4 only (``_static_logits``: two formulations).
 Temporal step (target frame, cached references):
     D = DSSA(S, ...refs)  (coarse selective + fine window attention, difference-gated);
     temporal logits T = P + up2(temporal_classifier(D)), computed without building D (``TemporalClassifier``).
@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops import upsample_bilinear_add_
+from ..ops.dispatch import eager_cpu_inference
 from .decode_head import SegFormerHead
 from .dssa import MAX_SELECTED_TOKENS, DynamicSemanticAlignment, TemporalClassifier
 from .layers import ceil_div, init_weights, pad_to_multiple
@@ -180,19 +182,35 @@ class SDCPC(nn.Module):
         x = pad_to_multiple(image, SIZE_MULTIPLE)
         levels = self.backbone(x)
         fused = self.decode_head.fuse(levels)
-        logits = self.decode_head.classify(fused)
         crop = (..., slice(0, ceil_div(h0, 4)), slice(0, ceil_div(w0, 4)))
         if not self.config.temporal:
-            return FrameCache(None, None, None, None, logits[crop])
+            return FrameCache(None, None, None, None, self.decode_head.classify(fused)[crop])
         features, aligned = self.ssea(fused, levels, self.decode_head.linear_c)
         features = features + aligned
-        # classifier(F4 + up2(A)) computed as classifier(F4) + up2(W A): the 1x1 classifier and the
-        # bilinear upsampling commute, and upsampling K class maps is far cheaper than E features.
-        correction = self.decode_head.classify_residual(aligned)
-        logits = logits.add_(F.interpolate(correction, size=logits.shape[-2:], mode="bilinear", align_corners=False))
+        logits = self._static_logits(fused, aligned)
         kv = self.dssa.fine.project_kv(features)
         probs = F.avg_pool2d(logits.detach().softmax(dim=1), 8)
         return FrameCache(features, kv, F.avg_pool2d(features, 4), probs, logits[crop])
+
+    def _static_logits(self, fused: torch.Tensor, aligned: torch.Tensor) -> torch.Tensor:
+        """classifier(F4 + up2(A)) ``(B, K, H/4, W/4)`` from the fused map F4 ``(B, E, H/4, W/4)`` and SSEA's
+        residual A ``(B, E, H/8, W/8)``; the classifier's dropout acts on F4 only.
+
+        | call | formulation |
+        |---|---|
+        | training (dropout), autograd, eager CPU inference | classifier(F4) + up2(W A) (a) |
+        | otherwise (inference on a GPU, traced) | classifier(F4 + up2(A)), F4 updated in place (b) |
+
+        (a): the 1x1 classifier and the upsampling commute, and on a CPU upsampling K class maps is far
+        cheaper than E features; (b): two kernels fewer per frame.
+        """
+        autograd = torch.is_grad_enabled() and fused.requires_grad
+        if self.training or autograd or eager_cpu_inference(fused):
+            logits = self.decode_head.classify(fused)
+            correction = self.decode_head.classify_residual(aligned)
+            return logits.add_(F.interpolate(correction, size=logits.shape[-2:], mode="bilinear",
+                                             align_corners=False))
+        return self.decode_head.classify(upsample_bilinear_add_(fused, aligned))
 
     # ---------------------------------------------------------------- temporal branch
     def temporal_features(

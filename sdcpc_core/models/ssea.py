@@ -13,7 +13,9 @@ zero-initialised factor, so a model built from SegFormer weights starts as that 
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -46,10 +48,29 @@ class StaticSemanticAlignment(nn.Module):
         the grids (grid by grid, row-major)."""
         return [grid_pool_tokens(level, self.grids) for level in levels]
 
-    def tokens(self, level_tokens: list[torch.Tensor]) -> torch.Tensor:
-        """Projected per-level tokens ``[(B, n, E)]`` -> normalised tokens ``(B, num_tokens, E)``."""
+    def _embedded_tokens(self, pooled: list[torch.Tensor], projections: Sequence[nn.Module]) -> torch.Tensor:
+        """Pooled per-level tokens ``[(B, n, C_i)]`` -> projected tokens plus their (level, grid) embedding
+        ``(B, num_tokens, E)``.
+
+        Without autograd or tracing each level's projection, bias and embedding are one product written
+        straight into its rows of the result (``baddbmm`` with ``out=``); otherwise projections, a
+        concatenation and an addition (same values).
+        """
         embed = inference_constant(self, "embed", self._expanded_embed, self.token_embed)
-        return self.token_norm(torch.cat(level_tokens, dim=1) + embed)
+        linears = [cast(nn.Linear, project) for project in projections]
+        traced = torch.compiler.is_compiling() or torch.compiler.is_exporting()
+        if traced or (torch.is_grad_enabled() and any(t.requires_grad for t in (*pooled, embed))):
+            return torch.cat([linear(tokens) for linear, tokens in zip(linears, pooled)], dim=1) + embed
+        b, e = pooled[0].shape[0], embed.shape[1]
+        out = embed.new_empty((b, len(embed), e))
+        offset = 0
+        for level, (linear, tokens) in enumerate(zip(linears, pooled)):
+            rows = slice(offset, offset + tokens.shape[1])
+            shift = inference_constant(self, f"shift_{level}", functools.partial(_rows_plus, embed, rows, linear.bias),
+                                       self.token_embed, linear.bias)  # (n, E): bias and embedding of the rows
+            torch.baddbmm(shift, tokens, linear.weight.t().expand(b, -1, -1), out=out[:, rows])
+            offset = rows.stop
+        return out
 
     def _expanded_embed(self) -> torch.Tensor:
         """``(num_tokens, E)``: each (level, grid) embedding repeated for the grid's tokens."""
@@ -72,10 +93,14 @@ class StaticSemanticAlignment(nn.Module):
         x = mean_pool2x2(fused)
         b, _, h, w = x.shape
         q = self.q(map_to_tokens(self.query_norm(x)))
-        level_tokens = [project(tokens) for project, tokens in zip(projections, self.pool(levels))]
-        k, v = self.kv(self.tokens(level_tokens)).chunk(2, dim=-1)
+        k, v = self.kv(self.token_norm(self._embedded_tokens(self.pool(levels), projections))).chunk(2, dim=-1)
         out = multihead_attention(q, k, v, self.heads)  # (B, h*w, attn_dim)
         weight, bias = inference_constant(self, "output", self._folded_output, self.gamma, self.proj.weight,
                                           self.proj.bias)
         residual = torch.baddbmm(bias, weight.expand(b, -1, -1), out.transpose(1, 2))
         return x, residual.view(b, -1, h, w)
+
+
+def _rows_plus(table: torch.Tensor, rows: slice, bias: torch.Tensor) -> torch.Tensor:
+    """``table[rows] + bias``: ``(n, E)``."""
+    return table[rows] + bias

@@ -12,8 +12,9 @@ around the same location in each of ``R`` reference frames, with a single softma
 | eager CPU inference (no tracing, compiling, autograd)                | ``cpu_inplace``: offset loop, in place       |
 | otherwise: autograd, CUDA with the switch off, ``torch.compile`` CPU | ``reference``: offset loop, plain tensor ops |
 
-The fused switch is process-wide and has three settings (``use_fused_window_attention``, which also
-works as a context manager restoring the previous setting):
+The fused switch is process-wide and governs every fused CUDA kernel of the temporal step (this one and
+``sdcpc_core.ops.perceptual_difference``'s, through ``fused_kernel_takes``). It has three settings
+(``use_fused_window_attention``, which also works as a context manager restoring the previous setting):
 
 * automatic (``None``, the default): CUDA inference (eager, ``torch.compile``, CUDA graphs) takes the
   fused kernel; exported graphs do not. The environment variable ``SDCPC_FUSED_WINDOW`` (``FUSED_ENV``)
@@ -50,6 +51,7 @@ __all__ = [
     "FUSED_ENV",
     "decompose_to_reference",
     "fused_window_attention",
+    "fused_kernel_takes",
     "fused_window_attention_enabled",
     "triton_available",
     "use_fused_window_attention",
@@ -109,7 +111,15 @@ def _routes_to_custom_op(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
-def _takes_fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+def fused_kernel_takes(*tensors: torch.Tensor) -> bool:
+    """Whether an eager or compiled call with these inputs goes to a fused custom op that has no export
+    role (``sdcpc_core.ops.perceptual_difference``): the first row of the table, a CUDA device with the
+    switch automatic or on, no autograd and no ``torch.export``."""
+    return (not torch.compiler.is_exporting() and _routes_to_custom_op(tensors[0].device)
+            and _takes_fused(*tensors))
+
+
+def _takes_fused(*tensors: torch.Tensor) -> bool:
     """The switch's answer for a call on a device with the custom op (the first two rows of the table)."""
     setting = _FUSED_DEFAULT[0]
     if setting is False or torch.onnx.is_in_onnx_export():
@@ -118,7 +128,7 @@ def _takes_fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
         return setting is True
     if setting is None and not _FUSED_AUTOMATIC:
         return False
-    return not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
 
 # ------------------------------------------------------------------------------ the switch

@@ -33,7 +33,7 @@ import torch
 
 from .reference import _check_inputs
 
-__all__ = ["OP_NAME", "decompose_to_reference", "fused_window_attention", "triton_available"]
+__all__ = ["OP_NAME", "decompose_to_reference", "fused_window_attention", "next_power_of_2", "triton_available"]
 
 OP_NAME = "sdcpc::window_attention"
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -212,7 +212,7 @@ def _triton_kernel():
 _LOG2E = 1.4426950408889634
 
 
-def _next_power_of_2(n: int) -> int:
+def next_power_of_2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
 
@@ -225,7 +225,7 @@ def _triton_forward(
     out = torch.empty((B, NH, D, H, W), dtype=q.dtype, device=q.device)
     if out.numel() == 0:
         return out
-    block_d = max(16, _next_power_of_2(D))
+    block_d = max(16, next_power_of_2(D))
     if block_p is None:
         block_p = 64 if block_d <= 32 else 32
     if num_warps is None:

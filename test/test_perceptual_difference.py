@@ -1,0 +1,165 @@
+"""DSSA's difference signals: the fused custom op (and its Triton kernel) computes what the plain ops compute,
+and the model takes it exactly where the dispatch table says."""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import sdcpc_core.ops.perceptual_difference as signals
+import sdcpc_core.ops.window_attention as fused_switch
+from sdcpc_core.models import build_model
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+HAS_CUDA = torch.cuda.is_available()
+
+
+def _inputs(k: int, r: int, h: int, w: int, batch: int = 2, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    p = torch.randn(batch, k, h, w, generator=g).mul(3).softmax(1)
+    q = torch.randn(batch, r, k, h, w, generator=g).mul(3).softmax(2)
+    q[:, 0, :, 0, 0] = p[:, :, 0, 0]  # one identical position: exactly no difference there
+    return p, q, torch.randn(1, 2, 1, 1, generator=g), torch.randn(1, generator=g)
+
+
+def test_reference_signals_are_the_difference_scores_and_gate():
+    p, q, weight, bias = _inputs(19, 3, 4, 5)
+    scores, gate = signals.reference_difference_signals(p, q, weight, bias)
+    difference = signals.perceptual_difference(p, q)
+    assert scores.dtype == torch.float32 and scores.shape == (2, 3 * 4 * 5) and gate.shape == (2, 1, 4, 5)
+    assert torch.equal(scores, signals.selection_scores(difference))
+    logit = weight[0, 0] * difference.mean(1) + weight[0, 1] * difference.amax(1) + bias
+    torch.testing.assert_close(gate[:, 0], torch.sigmoid(logit))
+    assert difference[:, 0, 0, 0].abs().max() < 1e-5 and (scores[:, 0] < 1 / 256).all()
+
+
+def test_custom_op_on_cpu_equals_the_reference_and_has_a_fake_kernel():
+    p, q, weight, bias = _inputs(7, 2, 3, 4)
+    got = torch.ops.sdcpc.difference_signals(p, q, weight, bias)
+    want = signals.reference_difference_signals(p, q, weight, bias)
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+    with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
+        fake = torch.ops.sdcpc.difference_signals(*(mode.from_tensor(t) for t in (p, q, weight, bias)))
+    assert [(t.shape, t.dtype) for t in fake] == [(t.shape, t.dtype) for t in want]
+
+
+def _temporal_logits(model, images):
+    with torch.inference_mode():
+        refs = [model.encode_frame(image).without_logits() for image in images[:-1]]
+        return model.temporal_step(model.encode_frame(images[-1]), refs)
+
+
+def test_model_takes_the_custom_op_where_routed_and_predicts_the_same(monkeypatch):
+    torch.manual_seed(0)
+    model = build_model("sdcpc_b0", 5, coarse_tokens=8).eval()
+    with torch.no_grad():
+        model.dssa.gamma.fill_(0.5)
+        model.dssa.gate.conv.weight.copy_(torch.tensor([[[[1.5]], [[-2.0]]]]))
+    images = [torch.randn(1, 3, 64, 96) for _ in range(4)]
+    plain = _temporal_logits(model, images)
+    calls = []
+    original = signals.reference_difference_signals
+    monkeypatch.setattr(signals, "reference_difference_signals", lambda *a: calls.append(1) or original(*a))
+    monkeypatch.setattr(fused_switch, "_routes_to_custom_op", lambda device: True)  # as for CUDA tensors
+    op_calls = []
+    op = torch.ops.sdcpc.difference_signals
+    monkeypatch.setattr(signals.torch.ops.sdcpc, "difference_signals", lambda *a: op_calls.append(1) or op(*a))
+    routed = _temporal_logits(model, images)
+    assert op_calls == [1] and calls == [1]  # the op ran once, its CPU kernel being the plain ops
+    torch.testing.assert_close(routed, plain, atol=1e-5, rtol=1e-5)
+    with fused_switch.use_fused_window_attention(False):  # the switch turns the op off too
+        _temporal_logits(model, images)
+    assert op_calls == [1]
+
+
+def test_training_takes_the_plain_ops_so_the_gate_learns(monkeypatch):
+    monkeypatch.setattr(fused_switch, "_routes_to_custom_op", lambda device: True)
+    op_calls = []
+    op = torch.ops.sdcpc.difference_signals
+    monkeypatch.setattr(signals.torch.ops.sdcpc, "difference_signals", lambda *a: op_calls.append(1) or op(*a))
+    torch.manual_seed(0)
+    model = build_model("sdcpc_b0", 5, coarse_tokens=8).train()
+    with torch.no_grad():
+        model.dssa.gamma.fill_(0.5)
+    out = model(torch.randn(1, 3, 3, 64, 96))
+    out.temporal_logits.sum().backward()
+    assert op_calls == [] and model.dssa.gate.conv.weight.grad is not None
+
+
+# ---------------------------------------------------------------------------- Triton (interpreter)
+_INTERPRETER_SCRIPT = textwrap.dedent(
+    """
+    import json, os
+    assert os.environ["TRITON_INTERPRET"] == "1"
+    import torch
+    import triton
+    from sdcpc_core.ops.perceptual_difference import reference_difference_signals, triton_difference_signals
+
+    results = []
+    for k, r, h, w, batch in [(19, 3, 4, 7, 2), (124, 2, 3, 5, 1), (5, 1, 2, 2, 1), (200, 3, 5, 9, 1)]:
+        g = torch.Generator().manual_seed(len(results))
+        p = torch.randn(batch, k, h, w, generator=g).mul(3).softmax(1)
+        q = torch.randn(batch, r, k, h, w, generator=g).mul(3).softmax(2)
+        q[:, -1] = p  # a duplicated frame (cold start): differences of 0, ties broken by position
+        weight, bias = torch.randn(1, 2, 1, 1, generator=g), torch.randn(1, generator=g)
+        got = triton_difference_signals(p, q, weight, bias)
+        want = reference_difference_signals(p, q, weight, bias)
+        results.append({"case": [k, r, h, w, batch],
+                        "same_layout": all(a.shape == b.shape and a.dtype == b.dtype for a, b in zip(got, want)),
+                        "same_order": torch.equal(*(s[0].argsort(dim=1, stable=True) for s in (got, want))),
+                        "scores_err": (got[0] - want[0]).abs().max().item(),
+                        "gate_err": (got[1] - want[1]).abs().max().item()})
+    print(json.dumps({"triton": triton.__version__, "results": results}))
+    """
+)
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed: the Triton kernel tests need it")
+def test_triton_kernel_matches_the_plain_ops_in_interpreter():
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    proc = subprocess.run([sys.executable, "-c", _INTERPRETER_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"triton {report['triton']} interpreter")
+    for result in report["results"]:
+        assert result["same_layout"] and result["same_order"], result
+        assert result["scores_err"] < 1e-6 and result["gate_err"] < 1e-6, result
+
+
+# ---------------------------------------------------------------------------- CUDA
+@pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs a CUDA device and triton")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_cuda_kernel_matches_the_plain_ops(dtype):
+    p, q, weight, bias = (t.cuda() for t in _inputs(124, 3, 15, 27))
+    got = torch.ops.sdcpc.difference_signals(p.to(dtype), q.to(dtype), weight.to(dtype), bias.to(dtype))
+    want = signals.reference_difference_signals(p, q, weight, bias)
+    assert got[0].dtype == torch.float32 and got[1].dtype == dtype
+    quantum = 1 / 256 if dtype == torch.float16 else 1e-6  # half-precision inputs may cross a quantisation step
+    assert (got[0] - want[0]).abs().max() <= quantum + 1e-6
+    torch.testing.assert_close(got[1].float(), want[1], atol=2e-3 if dtype == torch.float16 else 1e-6, rtol=0)
+
+
+@pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs a CUDA device and triton")
+def test_cuda_model_with_fused_signals_predicts_as_without():
+    torch.manual_seed(0)
+    model = build_model("sdcpc_b0", 5, coarse_tokens=8).eval().cuda()
+    with torch.no_grad():
+        model.dssa.gamma.fill_(0.5)
+    images = [torch.randn(1, 3, 64, 96, device="cuda") for _ in range(4)]
+    with fused_switch.use_fused_window_attention(True):
+        fused = _temporal_logits(model, images)
+    with fused_switch.use_fused_window_attention(False):
+        plain = _temporal_logits(copy.deepcopy(model), images)
+    torch.testing.assert_close(fused, plain, atol=1e-4, rtol=1e-4)
