@@ -178,9 +178,9 @@ def test_temporal_classifier_of_the_attended_values_equals_classifying_the_resid
     torch.manual_seed(0)
     model = randomise_temporal_scales(build_model("sdcpc_b0", 7, coarse_tokens=4)).double()
     attended = torch.randn(2, model.config.window_dim, 6, 9, dtype=torch.float64)
-    gate = torch.rand(2, 1, 6, 9, dtype=torch.float64)
+    gate = torch.rand(2, 1, 2, 3, dtype=torch.float64)  # at 1/32: 4x coarser than the attended values
     dssa, classifier = model.dssa, model.temporal_classifier
-    folded = classifier(attended, gate, dssa.fine.proj, dssa.gamma)
+    folded = classifier(attended, dssa.fine.proj, dssa.gamma) * F.interpolate(gate, size=(6, 9), mode="bilinear")
     built = F.conv2d(dssa.residual(attended, gate), classifier.weight)
     torch.testing.assert_close(folded, built, rtol=1e-10, atol=1e-10)
     weights = [classifier.weight, dssa.gamma, dssa.fine.proj.weight, dssa.fine.proj.bias]

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops.gated_upsample import upsample_gate
 from ..ops.perceptual_difference import difference_signals
 from ..ops.window_attention import window_attention
 from .layers import LayerNorm2d, inference_constant, map_to_tokens, multihead_attention, tokens_to_map
@@ -131,8 +132,8 @@ class DynamicSemanticAlignment(nn.Module):
         references stacked on dim 1: ref_kv ``(B, R, 2 window_dim, H8, W8)``, ref_coarse, ref_probs.
 
         Returns the attended values ``(B, window_dim, H8, W8)`` (stage 2, before its output projection)
-        and the gate ``(B, 1, H8, W8)``; ``residual`` makes the residual D of them, ``TemporalClassifier``
-        classifies D without building it.
+        and the gate ``(B, 1, H32, W32)`` (bilinearly upsampled where it is applied); ``residual`` makes the
+        residual D of them, ``TemporalClassifier`` classifies D without building it.
         """
         scores, gate = self.gate.signals(probs, ref_probs)
         context = self.coarse(coarse, ref_coarse, scores)
@@ -140,11 +141,11 @@ class DynamicSemanticAlignment(nn.Module):
         # context arrives channels-last (from tokens); on CPU, copying it to NCHW first makes the upsampling
         # 2.5x faster (6 against 15 ms for 256 channels, 1/32 -> 1/8 of 512x1024, copy included)
         query = F.interpolate(context.contiguous(), size=size, mode="bilinear", align_corners=False).add_(features)
-        return self.fine(query, ref_kv), F.interpolate(gate, size=size, mode="bilinear", align_corners=False)
+        return self.fine(query, ref_kv), gate
 
     def residual(self, attended: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-        """The temporal residual D = gamma * gate * proj(attended) ``(B, E, H8, W8)``."""
-        return self.gamma * gate * self.fine.proj(attended)
+        """The temporal residual D = gamma * up4(gate) * proj(attended) ``(B, E, H8, W8)``."""
+        return self.gamma * upsample_gate(gate, (attended.shape[-2], attended.shape[-1])) * self.fine.proj(attended)
 
 
 class TemporalClassifier(nn.Conv2d):
@@ -154,18 +155,19 @@ class TemporalClassifier(nn.Conv2d):
 
     The gate is one number per position and everything else is linear over channels, so the two
     forms are equal; this one never builds the E-channel D: K x window_dim multiply-adds per position
-    instead of E x window_dim + K x E, and no E-channel passes for gamma and the gate.
+    instead of E x window_dim + K x E, and no E-channel passes for gamma and the gate. The gate is
+    applied by the caller (``SDCPC.temporal_logits``), together with the upsampling to the logits.
     """
 
     # A Conv2d's parameters with another call signature (Conv2d.forward(input) does not apply here).
-    def forward(self, attended: torch.Tensor, gate: torch.Tensor, proj: nn.Conv2d,  # type: ignore[override]
-                gamma: torch.Tensor) -> torch.Tensor:
-        """attended ``(B, window_dim, h, w)``, gate ``(B, 1, h, w)``, DSSA's output projection and
-        ``gamma`` ``(E, 1, 1)`` -> class logits ``(B, K, h, w)``."""
+    def forward(self, attended: torch.Tensor, proj: nn.Conv2d, gamma: torch.Tensor  # type: ignore[override]
+                ) -> torch.Tensor:
+        """attended ``(B, window_dim, h, w)``, DSSA's output projection and ``gamma`` ``(E, 1, 1)`` -> the
+        ungated class correction ``(B, K, h, w)``."""
         assert proj.bias is not None  # DSSA's output projection has a bias
         weight, bias = inference_constant(self, "folded", lambda: self.fold(proj, gamma), self.weight, proj.weight,
                                           proj.bias, gamma)
-        return F.conv2d(attended, weight, bias) * gate
+        return F.conv2d(attended, weight, bias)
 
     def fold(self, proj: nn.Conv2d, gamma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``W_t diag(gamma) W_p`` as a 1x1 convolution weight ``(K, window_dim, 1, 1)``, and ``W_t (gamma b_p)``

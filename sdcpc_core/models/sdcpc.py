@@ -25,6 +25,7 @@ from torch import nn
 
 from ..ops import upsample_bilinear_add_
 from ..ops.dispatch import eager_cpu_inference
+from ..ops.gated_upsample import gated_upsample_add
 from .decode_head import SegFormerHead
 from .dssa import MAX_SELECTED_TOKENS, DynamicSemanticAlignment, TemporalClassifier
 from .layers import ceil_div, init_weights, pad_to_multiple
@@ -216,17 +217,16 @@ class SDCPC(nn.Module):
     def temporal_features(
         self, current: FrameCache, ref_kv: torch.Tensor, ref_coarse: torch.Tensor, ref_probs: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """DSSA's attended values ``(B, window_dim, H/8, W/8)`` and gate ``(B, 1, H/8, W/8)``; references
+        """DSSA's attended values ``(B, window_dim, H/8, W/8)`` and gate ``(B, 1, H/32, W/32)``; references
         stacked on dim 1 (``(B, R, ...)``)."""
         return self.dssa(current.features, current.coarse, current.probs, ref_kv, ref_coarse, ref_probs)
 
     def temporal_logits(self, current: FrameCache, attended: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-        """Static logits of the target plus the classified temporal residual, cropped to their size."""
-        correction = self.temporal_classifier(attended, gate, self.dssa.fine.proj, self.dssa.gamma)
-        correction = F.interpolate(correction, scale_factor=2.0, mode="bilinear", align_corners=False)
+        """Static logits of the target plus the gated, classified temporal residual upsampled to them
+        (``sdcpc_core.ops.gated_upsample``)."""
+        correction = self.temporal_classifier(attended, self.dssa.fine.proj, self.dssa.gamma)
         assert current.logits is not None  # the target's static logits (checked by the callers)
-        h, w = current.logits.shape[-2:]
-        return current.logits + correction[..., :h, :w]
+        return gated_upsample_add(current.logits, correction, gate)
 
     def temporal_step(self, current: FrameCache, refs: Sequence[FrameCache]) -> torch.Tensor:
         """Logits ``(B, K, ceil(H/4), ceil(W/4))`` of the frame ``current`` given cached references.

@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 
 import torch
 import torch.nn.functional as F
 
 from . import window_attention as fused_switch
-from .window_attention.triton import next_power_of_2, triton_available
+from .window_attention.triton import launch_options, next_power_of_2, triton_available
 
 __all__ = ["difference_signals", "perceptual_difference", "reference_difference_signals", "selection_scores"]
 
@@ -200,13 +199,11 @@ def triton_difference_signals(
     block_k = max(16, next_power_of_2(k))
     block_p = max(1, min(64, 4096 // block_k))
     grid = (-(-(h * w) // block_p), b)
-    options = {} if os.environ.get("TRITON_INTERPRET") == "1" else {"num_warps": 4}
     _triton_kernel()[grid](
         target, refs, gate_weight.reshape(2), gate_bias.reshape(1), tie_break(r, h * w, target.device), scores, gate,
         k, h * w,
         *target.stride(), *refs.stride(), scores.stride(0), gate.stride(0),
         EPS, 1.0 / math.log(2.0),
-        R=int(r), BLOCK_P=block_p, BLOCK_K=block_k,
-        **options,
+        R=int(r), BLOCK_P=block_p, BLOCK_K=block_k, **launch_options(4),
     )
     return scores, gate

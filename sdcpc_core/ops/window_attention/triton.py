@@ -33,7 +33,8 @@ import torch
 
 from .reference import _check_inputs
 
-__all__ = ["OP_NAME", "decompose_to_reference", "fused_window_attention", "next_power_of_2", "triton_available"]
+__all__ = ["OP_NAME", "decompose_to_reference", "fused_window_attention", "launch_options", "next_power_of_2",
+           "triton_available"]
 
 OP_NAME = "sdcpc::window_attention"
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -212,6 +213,11 @@ def _triton_kernel():
 _LOG2E = 1.4426950408889634
 
 
+def launch_options(num_warps: int) -> dict[str, int]:
+    """Triton launch options: ``num_warps``, which Triton's interpreter (``TRITON_INTERPRET=1``) does not take."""
+    return {} if os.environ.get("TRITON_INTERPRET") == "1" else {"num_warps": num_warps}
+
+
 def next_power_of_2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
@@ -232,13 +238,12 @@ def _triton_forward(
         num_warps = 4
     grid = (-(-(H * W) // block_p), B * NH)
     kernel = _triton_kernel()
-    options = {} if os.environ.get("TRITON_INTERPRET") == "1" else {"num_warps": num_warps}
     kernel[grid](
         q, k, v, out,
         NH, H, W, D,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         float(scale) * _LOG2E,
         R=int(R), WINDOW=int(window), DILATION=int(dilation), BLOCK_P=block_p, BLOCK_D=block_d,
-        **options,
+        **launch_options(num_warps),
     )
     return out

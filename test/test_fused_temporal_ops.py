@@ -1,5 +1,6 @@
-"""DSSA's difference signals: the fused custom op (and its Triton kernel) computes what the plain ops compute,
-and the model takes it exactly where the dispatch table says."""
+"""The temporal step's fused custom ops (DSSA's difference signals, the gated upsampling of the temporal
+correction) and their Triton kernels compute what the plain ops compute, and the model takes them exactly
+where the dispatch tables say."""
 from __future__ import annotations
 
 import copy
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import sdcpc_core.ops.gated_upsample as gated
 import sdcpc_core.ops.perceptual_difference as signals
 import sdcpc_core.ops.window_attention as fused_switch
 from sdcpc_core.models import build_model
@@ -53,6 +55,28 @@ def test_custom_op_on_cpu_equals_the_reference_and_has_a_fake_kernel():
     assert [(t.shape, t.dtype) for t in fake] == [(t.shape, t.dtype) for t in want]
 
 
+def _gated_inputs(seed: int = 0, batch: int = 2, k: int = 5, size: tuple[int, int] = (15, 21)):
+    """logits at 1/4 cropped to ``size``, correction at 1/8 and gate at 1/32 of a padded map."""
+    g = torch.Generator().manual_seed(seed)
+    h8, w8 = (4 * -(-4 * n // 32) for n in size)  # 1/8 of the image padded to a multiple of 32
+    return (torch.randn(batch, k, *size, generator=g), torch.randn(batch, k, h8, w8, generator=g),
+            torch.rand(batch, 1, h8 // 4, w8 // 4, generator=g))
+
+
+def test_gated_upsample_reference_is_the_gate_weighted_upsampled_correction():
+    logits, correction, gate = _gated_inputs()
+    got = gated.reference_gated_upsample_add(logits, correction, gate)
+    gate8 = torch.nn.functional.interpolate(gate, size=correction.shape[-2:], mode="bilinear")
+    up = torch.nn.functional.interpolate(correction * gate8, size=(2 * correction.shape[-2], 2 * correction.shape[-1]),
+                                         mode="bilinear")
+    torch.testing.assert_close(got, logits + up[..., :logits.shape[-2], :logits.shape[-1]])
+    op = torch.ops.sdcpc.gated_upsample_add(logits, correction, gate)
+    assert torch.equal(op, got)
+    with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
+        fake = torch.ops.sdcpc.gated_upsample_add(*(mode.from_tensor(t) for t in (logits, correction, gate)))
+    assert fake.shape == got.shape and fake.dtype == got.dtype
+
+
 def _temporal_logits(model, images):
     with torch.inference_mode():
         refs = [model.encode_frame(image).without_logits() for image in images[:-1]]
@@ -72,21 +96,25 @@ def test_model_takes_the_custom_op_where_routed_and_predicts_the_same(monkeypatc
     monkeypatch.setattr(signals, "reference_difference_signals", lambda *a: calls.append(1) or original(*a))
     monkeypatch.setattr(fused_switch, "_routes_to_custom_op", lambda device: True)  # as for CUDA tensors
     op_calls = []
-    op = torch.ops.sdcpc.difference_signals
-    monkeypatch.setattr(signals.torch.ops.sdcpc, "difference_signals", lambda *a: op_calls.append(1) or op(*a))
+    for name in ("difference_signals", "gated_upsample_add"):
+        op = getattr(torch.ops.sdcpc, name)
+        monkeypatch.setattr(torch.ops.sdcpc, name, lambda *a, op=op, name=name: op_calls.append(name) or op(*a))
     routed = _temporal_logits(model, images)
-    assert op_calls == [1] and calls == [1]  # the op ran once, its CPU kernel being the plain ops
+    # each op ran once, the first one's CPU kernel being the plain ops
+    assert op_calls == ["difference_signals", "gated_upsample_add"] and calls == [1]
     torch.testing.assert_close(routed, plain, atol=1e-5, rtol=1e-5)
-    with fused_switch.use_fused_window_attention(False):  # the switch turns the op off too
+    with fused_switch.use_fused_window_attention(False):  # the switch turns the ops off too
         _temporal_logits(model, images)
-    assert op_calls == [1]
+    assert len(op_calls) == 2
 
 
 def test_training_takes_the_plain_ops_so_the_gate_learns(monkeypatch):
+    """Autograd needs the plain ops: the custom ops have no backward."""
     monkeypatch.setattr(fused_switch, "_routes_to_custom_op", lambda device: True)
     op_calls = []
-    op = torch.ops.sdcpc.difference_signals
-    monkeypatch.setattr(signals.torch.ops.sdcpc, "difference_signals", lambda *a: op_calls.append(1) or op(*a))
+    for name in ("difference_signals", "gated_upsample_add"):
+        op = getattr(torch.ops.sdcpc, name)
+        monkeypatch.setattr(torch.ops.sdcpc, name, lambda *a, op=op: op_calls.append(1) or op(*a))
     torch.manual_seed(0)
     model = build_model("sdcpc_b0", 5, coarse_tokens=8).train()
     with torch.no_grad():
@@ -119,13 +147,24 @@ _INTERPRETER_SCRIPT = textwrap.dedent(
                         "same_order": torch.equal(*(s[0].argsort(dim=1, stable=True) for s in (got, want))),
                         "scores_err": (got[0] - want[0]).abs().max().item(),
                         "gate_err": (got[1] - want[1]).abs().max().item()})
+    from sdcpc_core.ops.gated_upsample import reference_gated_upsample_add, triton_gated_upsample_add
+
+    for batch, k, size, corr, coarse in [(2, 5, (15, 21), (8, 12), (2, 3)), (1, 3, (16, 24), (8, 12), (2, 3)),
+                                         (1, 2, (7, 8), (4, 4), (1, 1))]:
+        g = torch.Generator().manual_seed(len(results))
+        logits, correction = torch.randn(batch, k, *size, generator=g), torch.randn(batch, k, *corr, generator=g)
+        gate = torch.rand(batch, 1, *coarse, generator=g)
+        got = triton_gated_upsample_add(logits, correction, gate)
+        want = reference_gated_upsample_add(logits, correction, gate)
+        results.append({"case": [batch, k, *size], "same_layout": got.shape == want.shape and got.dtype == want.dtype,
+                        "same_order": True, "scores_err": 0.0, "gate_err": (got - want).abs().max().item()})
     print(json.dumps({"triton": triton.__version__, "results": results}))
     """
 )
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed: the Triton kernel tests need it")
-def test_triton_kernel_matches_the_plain_ops_in_interpreter():
+def test_triton_kernels_match_the_plain_ops_in_interpreter():
     env = dict(os.environ, TRITON_INTERPRET="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     proc = subprocess.run([sys.executable, "-c", _INTERPRETER_SCRIPT], env=env, capture_output=True, text=True,
@@ -152,7 +191,17 @@ def test_cuda_kernel_matches_the_plain_ops(dtype):
 
 
 @pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs a CUDA device and triton")
-def test_cuda_model_with_fused_signals_predicts_as_without():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_cuda_gated_upsample_kernel_matches_the_plain_ops(dtype):
+    logits, correction, gate = (t.cuda().to(dtype) for t in _gated_inputs(k=124, size=(120, 214)))
+    got = torch.ops.sdcpc.gated_upsample_add(logits, correction, gate)
+    want = gated.reference_gated_upsample_add(logits.float(), correction.float(), gate.float())
+    assert got.dtype == dtype and got.shape == want.shape
+    torch.testing.assert_close(got.float(), want, atol=1e-2 if dtype == torch.float16 else 1e-5, rtol=0)
+
+
+@pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs a CUDA device and triton")
+def test_cuda_model_with_fused_ops_predicts_as_without():
     torch.manual_seed(0)
     model = build_model("sdcpc_b0", 5, coarse_tokens=8).eval().cuda()
     with torch.no_grad():
