@@ -1,8 +1,9 @@
-"""The temporal step's fused custom ops (DSSA's difference signals, the gated upsampling of the temporal
-correction) and their Triton kernels compute what the plain ops compute, and the model takes them exactly
+"""The temporal step's fused custom ops (DSSA's difference signals and stage-2 query, the gated upsampling of
+the temporal correction) and their Triton kernels compute what the plain ops compute, and the model takes them exactly
 where the dispatch tables say."""
 from __future__ import annotations
 
+import collections
 import copy
 import importlib.util
 import json
@@ -17,12 +18,15 @@ import torch
 
 import sdcpc_core.ops.gated_upsample as gated
 import sdcpc_core.ops.perceptual_difference as signals
+import sdcpc_core.ops.pooled_softmax as pooled
+import sdcpc_core.ops.query_norm as query_norm
 import sdcpc_core.ops.window_attention as fused_switch
 from sdcpc_core.models import build_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 HAS_CUDA = torch.cuda.is_available()
+FUSED_OPS = ("pooled_softmax", "difference_signals", "upsample_add_layer_norm", "gated_upsample_add")
 
 
 def _inputs(k: int, r: int, h: int, w: int, batch: int = 2, seed: int = 0):
@@ -77,6 +81,38 @@ def test_gated_upsample_reference_is_the_gate_weighted_upsampled_correction():
     assert fake.shape == got.shape and fake.dtype == got.dtype
 
 
+def _query_inputs(seed: int = 0, batch: int = 2, channels: int = 24, coarse: tuple[int, int] = (2, 3)):
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randn(batch, coarse[0] * coarse[1], channels, generator=g)  # stage 1's token layout
+    context = tokens.transpose(1, 2).reshape(batch, channels, *coarse)
+    features = torch.randn(batch, channels, 4 * coarse[0], 4 * coarse[1], generator=g)
+    return context, features, torch.randn(channels, generator=g), torch.randn(channels, generator=g), 1e-6
+
+
+def test_query_norm_reference_is_layer_norm_of_the_upsampled_sum():
+    context, features, weight, bias, eps = _query_inputs()
+    got = query_norm.reference_upsample_add_layer_norm(context, features, weight, bias, eps)
+    summed = features + torch.nn.functional.interpolate(context, size=features.shape[-2:], mode="bilinear")
+    want = torch.nn.functional.layer_norm(summed.permute(0, 2, 3, 1), (24,), weight, bias, eps).permute(0, 3, 1, 2)
+    torch.testing.assert_close(got, want)
+    assert got.stride()[1] == 1  # channels-last, as LayerNorm2d gives it
+    op = torch.ops.sdcpc.upsample_add_layer_norm(context, features, weight, bias, eps)
+    assert torch.equal(op, got) and op.stride() == got.stride()
+    with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
+        fake = torch.ops.sdcpc.upsample_add_layer_norm(*(mode.from_tensor(t) for t in (context, features, weight,
+                                                                                         bias)), eps)
+    assert fake.shape == got.shape and fake.stride() == got.stride()
+
+
+def test_pooled_softmax_reference_and_op():
+    logits = torch.randn(2, 7, 16, 24, generator=torch.Generator().manual_seed(0)) * 4
+    got = pooled.reference_pooled_softmax(logits, 8)
+    torch.testing.assert_close(got, torch.nn.functional.avg_pool2d(torch.softmax(logits, 1), 8))
+    assert torch.equal(torch.ops.sdcpc.pooled_softmax(logits, 8), got)
+    with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
+        assert torch.ops.sdcpc.pooled_softmax(mode.from_tensor(logits), 8).shape == got.shape
+
+
 def _temporal_logits(model, images):
     with torch.inference_mode():
         refs = [model.encode_frame(image).without_logits() for image in images[:-1]]
@@ -91,37 +127,35 @@ def test_model_takes_the_custom_op_where_routed_and_predicts_the_same(monkeypatc
         model.dssa.gate.conv.weight.copy_(torch.tensor([[[[1.5]], [[-2.0]]]]))
     images = [torch.randn(1, 3, 64, 96) for _ in range(4)]
     plain = _temporal_logits(model, images)
-    calls = []
-    original = signals.reference_difference_signals
-    monkeypatch.setattr(signals, "reference_difference_signals", lambda *a: calls.append(1) or original(*a))
     monkeypatch.setattr(fused_switch, "_routes_to_custom_op", lambda device: True)  # as for CUDA tensors
     op_calls = []
-    for name in ("difference_signals", "gated_upsample_add"):
+    for name in FUSED_OPS:
         op = getattr(torch.ops.sdcpc, name)
         monkeypatch.setattr(torch.ops.sdcpc, name, lambda *a, op=op, name=name: op_calls.append(name) or op(*a))
     routed = _temporal_logits(model, images)
-    # each op ran once, the first one's CPU kernel being the plain ops
-    assert op_calls == ["difference_signals", "gated_upsample_add"] and calls == [1]
+    # one pooled softmax per encoded frame, the others once per temporal step (on the CPU each runs its plain ops)
+    assert collections.Counter(op_calls) == {"pooled_softmax": len(images), **{name: 1 for name in FUSED_OPS[1:]}}
     torch.testing.assert_close(routed, plain, atol=1e-5, rtol=1e-5)
     with fused_switch.use_fused_window_attention(False):  # the switch turns the ops off too
         _temporal_logits(model, images)
-    assert len(op_calls) == 2
+    assert len(op_calls) == len(images) + len(FUSED_OPS) - 1
 
 
 def test_training_takes_the_plain_ops_so_the_gate_learns(monkeypatch):
-    """Autograd needs the plain ops: the custom ops have no backward."""
+    """Autograd needs the plain ops: the custom ops have no backward. Only the class probabilities, taken from
+    detached logits, may still use their op."""
     monkeypatch.setattr(fused_switch, "_routes_to_custom_op", lambda device: True)
     op_calls = []
-    for name in ("difference_signals", "gated_upsample_add"):
+    for name in FUSED_OPS:
         op = getattr(torch.ops.sdcpc, name)
-        monkeypatch.setattr(torch.ops.sdcpc, name, lambda *a, op=op: op_calls.append(1) or op(*a))
+        monkeypatch.setattr(torch.ops.sdcpc, name, lambda *a, op=op, name=name: op_calls.append(name) or op(*a))
     torch.manual_seed(0)
     model = build_model("sdcpc_b0", 5, coarse_tokens=8).train()
     with torch.no_grad():
         model.dssa.gamma.fill_(0.5)
     out = model(torch.randn(1, 3, 3, 64, 96))
     out.temporal_logits.sum().backward()
-    assert op_calls == [] and model.dssa.gate.conv.weight.grad is not None
+    assert set(op_calls) == {"pooled_softmax"} and model.dssa.gate.conv.weight.grad is not None
 
 
 # ---------------------------------------------------------------------------- Triton (interpreter)
@@ -142,11 +176,10 @@ _INTERPRETER_SCRIPT = textwrap.dedent(
         weight, bias = torch.randn(1, 2, 1, 1, generator=g), torch.randn(1, generator=g)
         got = triton_difference_signals(p, q, weight, bias)
         want = reference_difference_signals(p, q, weight, bias)
-        results.append({"case": [k, r, h, w, batch],
+        results.append({"op": "difference_signals", "case": [k, r, h, w, batch],
                         "same_layout": all(a.shape == b.shape and a.dtype == b.dtype for a, b in zip(got, want)),
                         "same_order": torch.equal(*(s[0].argsort(dim=1, stable=True) for s in (got, want))),
-                        "scores_err": (got[0] - want[0]).abs().max().item(),
-                        "gate_err": (got[1] - want[1]).abs().max().item()})
+                        "err": max((a - b).abs().max().item() for a, b in zip(got, want)), "tol": 1e-6})
     from sdcpc_core.ops.gated_upsample import reference_gated_upsample_add, triton_gated_upsample_add
 
     for batch, k, size, corr, coarse in [(2, 5, (15, 21), (8, 12), (2, 3)), (1, 3, (16, 24), (8, 12), (2, 3)),
@@ -156,8 +189,31 @@ _INTERPRETER_SCRIPT = textwrap.dedent(
         gate = torch.rand(batch, 1, *coarse, generator=g)
         got = triton_gated_upsample_add(logits, correction, gate)
         want = reference_gated_upsample_add(logits, correction, gate)
-        results.append({"case": [batch, k, *size], "same_layout": got.shape == want.shape and got.dtype == want.dtype,
-                        "same_order": True, "scores_err": 0.0, "gate_err": (got - want).abs().max().item()})
+        results.append({"op": "gated_upsample_add", "case": [batch, k, *size],
+                        "same_layout": got.shape == want.shape and got.dtype == want.dtype, "same_order": True,
+                        "err": (got - want).abs().max().item(), "tol": 1e-5})
+    from sdcpc_core.ops.query_norm import reference_upsample_add_layer_norm, triton_upsample_add_layer_norm
+
+    for batch, channels, coarse in [(2, 24, (2, 3)), (1, 256, (3, 5)), (1, 5, (1, 1))]:
+        g = torch.Generator().manual_seed(len(results))
+        tokens = torch.randn(batch, coarse[0] * coarse[1], channels, generator=g)
+        context = tokens.transpose(1, 2).reshape(batch, channels, *coarse)  # channels-last, as stage 1 gives it
+        features = torch.randn(batch, channels, 4 * coarse[0], 4 * coarse[1], generator=g)
+        weight, bias = torch.randn(channels, generator=g), torch.randn(channels, generator=g)
+        got = triton_upsample_add_layer_norm(context, features, weight, bias, 1e-6)
+        want = reference_upsample_add_layer_norm(context, features, weight, bias, 1e-6)
+        results.append({"op": "upsample_add_layer_norm", "case": [batch, channels, *coarse],
+                        "same_layout": got.shape == want.shape and got.stride() == want.stride(), "same_order": True,
+                        "err": (got - want).abs().max().item(), "tol": 2e-5})
+    from sdcpc_core.ops.pooled_softmax import reference_pooled_softmax, triton_pooled_softmax
+
+    for batch, k, size, pool in [(2, 19, (16, 24), 8), (1, 124, (8, 16), 8), (1, 3, (4, 6), 2)]:
+        g = torch.Generator().manual_seed(len(results))
+        logits = torch.randn(batch, k, *size, generator=g) * 4
+        got, want = triton_pooled_softmax(logits, pool), reference_pooled_softmax(logits, pool)
+        results.append({"op": "pooled_softmax", "case": [batch, k, *size, pool],
+                        "same_layout": got.shape == want.shape and got.dtype == want.dtype, "same_order": True,
+                        "err": (got - want).abs().max().item(), "tol": 1e-6})
     print(json.dumps({"triton": triton.__version__, "results": results}))
     """
 )
@@ -173,8 +229,7 @@ def test_triton_kernels_match_the_plain_ops_in_interpreter():
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     print(f"triton {report['triton']} interpreter")
     for result in report["results"]:
-        assert result["same_layout"] and result["same_order"], result
-        assert result["scores_err"] < 1e-6 and result["gate_err"] < 1e-6, result
+        assert result["same_layout"] and result["same_order"] and result["err"] < result["tol"], result
 
 
 # ---------------------------------------------------------------------------- CUDA
@@ -198,6 +253,21 @@ def test_cuda_gated_upsample_kernel_matches_the_plain_ops(dtype):
     want = gated.reference_gated_upsample_add(logits.float(), correction.float(), gate.float())
     assert got.dtype == dtype and got.shape == want.shape
     torch.testing.assert_close(got.float(), want, atol=1e-2 if dtype == torch.float16 else 1e-5, rtol=0)
+
+
+@pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs a CUDA device and triton")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_cuda_query_norm_and_pooled_softmax_kernels_match_the_plain_ops(dtype):
+    context, features, weight, bias, eps = (t.cuda().to(dtype) if isinstance(t, torch.Tensor) else t
+                                            for t in _query_inputs(channels=256, coarse=(15, 27)))
+    got = torch.ops.sdcpc.upsample_add_layer_norm(context, features, weight, bias, eps)
+    want = query_norm.reference_upsample_add_layer_norm(*(t.float() for t in (context, features, weight, bias)), eps)
+    assert got.dtype == dtype and got.stride() == want.stride()
+    torch.testing.assert_close(got.float(), want, atol=2e-2 if dtype == torch.float16 else 1e-4, rtol=0)
+    logits = (torch.randn(1, 124, 120, 216, device="cuda") * 4).to(dtype)
+    got = torch.ops.sdcpc.pooled_softmax(logits, 8)
+    torch.testing.assert_close(got.float(), pooled.reference_pooled_softmax(logits.float(), 8),
+                               atol=2e-3 if dtype == torch.float16 else 1e-6, rtol=0)
 
 
 @pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs a CUDA device and triton")

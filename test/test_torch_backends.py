@@ -375,3 +375,13 @@ def test_cudagraph_capture_failure_warns_once_and_continues_in_eager():
 def test_cuda_graph_capture_needs_a_warmup_run():
     with pytest.raises(ValueError, match="warmup must be an integer >= 1, got 0"):
         CudaGraphCapture(warmup=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cudagraph_fill_puts_references_in_their_slots(dtype):
+    from sdcpc_core.runtime.cudagraph_backend import fill, source_shape
+
+    refs = [torch.full((1, 2, 3), float(i)) for i in range(3)]  # float64 buffers take the slot-by-slot copies
+    buffer = torch.empty(source_shape(refs), dtype=dtype)
+    fill(buffer, refs)
+    assert buffer.shape == (1, 3, 2, 3) and all((buffer[:, i] == i).all() for i in range(3))

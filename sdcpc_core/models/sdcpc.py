@@ -26,6 +26,7 @@ from torch import nn
 from ..ops import upsample_bilinear_add_
 from ..ops.dispatch import eager_cpu_inference
 from ..ops.gated_upsample import gated_upsample_add
+from ..ops.pooled_softmax import pooled_softmax
 from .decode_head import SegFormerHead
 from .dssa import MAX_SELECTED_TOKENS, DynamicSemanticAlignment, TemporalClassifier
 from .layers import ceil_div, init_weights, pad_to_multiple
@@ -190,7 +191,7 @@ class SDCPC(nn.Module):
         features = features + aligned
         logits = self._static_logits(fused, aligned)
         kv = self.dssa.fine.project_kv(features)
-        probs = F.avg_pool2d(logits.detach().softmax(dim=1), 8)
+        probs = pooled_softmax(logits.detach(), 8)
         return FrameCache(features, kv, F.avg_pool2d(features, 4), probs, logits[crop])
 
     def _static_logits(self, fused: torch.Tensor, aligned: torch.Tensor) -> torch.Tensor:

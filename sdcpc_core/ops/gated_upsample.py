@@ -18,18 +18,15 @@ agree within float rounding (tested, the kernel also under Triton's interpreter)
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 
-from . import window_attention as fused_switch
-from .window_attention.triton import launch_options, triton_available
+from .fused import call_fused, register_fused_op
+from .window_attention.triton import launch_options
 
 __all__ = ["gated_upsample_add", "reference_gated_upsample_add", "upsample_gate"]
 
-OP_NAME = "sdcpc::gated_upsample_add"
-_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+OP_NAME = "gated_upsample_add"
 
 
 def upsample_gate(gate: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -47,37 +44,11 @@ def reference_gated_upsample_add(logits: torch.Tensor, correction: torch.Tensor,
 
 def gated_upsample_add(logits: torch.Tensor, correction: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     """``reference_gated_upsample_add``'s result (a new tensor); which formulation runs: the module's table."""
-    if fused_switch.fused_kernel_takes(logits, correction, gate):
-        return torch.ops.sdcpc.gated_upsample_add(logits, correction, gate)
-    return reference_gated_upsample_add(logits, correction, gate)
+    return call_fused(OP_NAME, reference_gated_upsample_add, logits, correction, gate)
 
 
-# ------------------------------------------------------------------------------ the custom op
-@torch.library.custom_op(OP_NAME, mutates_args=())
-def _gated_upsample_add_op(logits: torch.Tensor, correction: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    """Default kernel (CPU and every device without its own kernel): the plain tensor ops."""
-    return reference_gated_upsample_add(logits, correction, gate)
-
-
-@_gated_upsample_add_op.register_kernel("cuda")
-def _gated_upsample_add_cuda(logits: torch.Tensor, correction: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    if logits.dtype in _TRITON_DTYPES and triton_available():
-        return triton_gated_upsample_add(logits, correction, gate)
-    return reference_gated_upsample_add(logits, correction, gate)
-
-
-@_gated_upsample_add_op.register_fake
-def _gated_upsample_add_fake(logits: torch.Tensor, correction: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+def _fake(logits: torch.Tensor, correction: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
-
-
-# ------------------------------------------------------------------------------ Triton kernel
-@functools.cache
-def _triton_kernel():
-    """The ``@triton.jit`` kernel, imported on first use (so importing this module never imports triton)."""
-    from .gated_upsample_kernel import gated_upsample_add_fwd
-
-    return gated_upsample_add_fwd
 
 
 def triton_gated_upsample_add(logits: torch.Tensor, correction: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
@@ -89,10 +60,15 @@ def triton_gated_upsample_add(logits: torch.Tensor, correction: torch.Tensor, ga
     if out.numel() == 0:
         return out
     block = 256
-    _triton_kernel()[(-(-(h * w) // block), b * k)](
+    from .triton_kernels import gated_upsample_add_fwd
+
+    gated_upsample_add_fwd[(-(-(h * w) // block), b * k)](
         logits, correction, gate, out,
         k, h, w, ch, cw, gh, gw, gh / ch, gw / cw,  # the gate's scales as F.interpolate computes them for a size
         *logits.stride(), *correction.stride(), gate.stride(0), gate.stride(2), gate.stride(3), *out.stride(),
         BLOCK=block, **launch_options(4),
     )
     return out
+
+
+register_fused_op(OP_NAME, reference_gated_upsample_add, triton_gated_upsample_add, _fake)

@@ -27,14 +27,13 @@ import math
 import torch
 import torch.nn.functional as F
 
-from . import window_attention as fused_switch
-from .window_attention.triton import launch_options, next_power_of_2, triton_available
+from .fused import call_fused, register_fused_op
+from .window_attention.triton import launch_options, next_power_of_2
 
 __all__ = ["difference_signals", "perceptual_difference", "reference_difference_signals", "selection_scores"]
 
-OP_NAME = "sdcpc::difference_signals"
+OP_NAME = "difference_signals"
 EPS = 1e-6  # probabilities are clamped to this before the entropies (log 0)
-_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def perceptual_difference(target_probs: torch.Tensor, ref_probs: torch.Tensor, eps: float = EPS) -> torch.Tensor:
@@ -103,84 +102,13 @@ def difference_signals(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Selection scores ``(B, R*h*w)`` float32 and gate ``(B, 1, h, w)`` (see ``reference_difference_signals``
     for the arguments); which formulation runs: the table in the module docstring."""
-    if fused_switch.fused_kernel_takes(target_probs, ref_probs, gate_weight, gate_bias):
-        scores, gate = torch.ops.sdcpc.difference_signals(target_probs, ref_probs, gate_weight, gate_bias)
-        return scores, gate
-    return reference_difference_signals(target_probs, ref_probs, gate_weight, gate_bias)
+    return call_fused(OP_NAME, reference_difference_signals, target_probs, ref_probs, gate_weight, gate_bias)
 
 
-# ------------------------------------------------------------------------------ the custom op
-@torch.library.custom_op(OP_NAME, mutates_args=())
-def _difference_signals_op(
-    target_probs: torch.Tensor, ref_probs: torch.Tensor, gate_weight: torch.Tensor, gate_bias: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Default kernel (CPU and every device without its own kernel): the plain tensor ops."""
-    return reference_difference_signals(target_probs, ref_probs, gate_weight, gate_bias)
-
-
-@_difference_signals_op.register_kernel("cuda")
-def _difference_signals_cuda(
-    target_probs: torch.Tensor, ref_probs: torch.Tensor, gate_weight: torch.Tensor, gate_bias: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    if target_probs.dtype in _TRITON_DTYPES and triton_available():
-        return triton_difference_signals(target_probs, ref_probs, gate_weight, gate_bias)
-    return reference_difference_signals(target_probs, ref_probs, gate_weight, gate_bias)
-
-
-@_difference_signals_op.register_fake
-def _difference_signals_fake(
-    target_probs: torch.Tensor, ref_probs: torch.Tensor, gate_weight: torch.Tensor, gate_bias: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _fake(target_probs: torch.Tensor, ref_probs: torch.Tensor, gate_weight: torch.Tensor, gate_bias: torch.Tensor
+          ) -> tuple[torch.Tensor, torch.Tensor]:
     b, r, _, h, w = ref_probs.shape
     return (target_probs.new_empty((b, r * h * w), dtype=torch.float32), target_probs.new_empty((b, 1, h, w)))
-
-
-# ------------------------------------------------------------------------------ Triton kernel
-@functools.cache
-def _triton_kernel():
-    """Builds the ``@triton.jit`` kernel on first use (so importing this module never imports triton)."""
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def difference_signals_fwd(
-        Target, Refs, GateW, GateB, TieBreak, Scores, Gate,
-        K, HW,
-        st_b, st_k, st_p, sr_b, sr_r, sr_k, sr_p, ss_b, sg_b,
-        eps, inv_ln2,
-        R: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr,
-    ):
-        # One program per (block of positions, batch item); the classes of a position are one row of the tile.
-        pid_p = tl.program_id(0)
-        b = tl.program_id(1)
-        pos = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-        p_ok = pos < HW
-        k = tl.arange(0, BLOCK_K)
-        mask = p_ok[:, None] & (k < K)[None, :]
-        # Padding reads 1.0, whose entropy term is 0: padded classes and positions add nothing.
-        p = tl.load(Target + b * st_b + k[None, :] * st_k + pos[:, None] * st_p, mask=mask, other=1.0)
-        p = tl.maximum(p.to(tl.float32), eps)
-        h_target = tl.sum(-p * tl.log(p), axis=1)
-        total = tl.zeros([BLOCK_P], tl.float32)
-        largest = tl.zeros([BLOCK_P], tl.float32)  # differences are >= 0
-        for r in tl.static_range(R):
-            q = tl.load(Refs + b * sr_b + r * sr_r + k[None, :] * sr_k + pos[:, None] * sr_p, mask=mask, other=1.0)
-            q = tl.maximum(q.to(tl.float32), eps)
-            h_ref = tl.sum(-q * tl.log(q), axis=1)
-            m = q - (q - p) * 0.5  # torch.lerp(p, q, 0.5)
-            h_mix = tl.sum(-m * tl.log(m), axis=1)
-            js = h_mix - (h_ref - (h_ref - h_target) * 0.5)
-            d = tl.minimum(tl.maximum(js * inv_ln2, 0.0), 1.0)
-            tie = tl.load(TieBreak + r * HW + pos, mask=p_ok, other=0.0)
-            tl.store(Scores + b * ss_b + r * HW + pos, tl.floor(d * 256.0) * (1.0 / 256.0) + tie, mask=p_ok)
-            total += d
-            largest = tl.maximum(largest, d)
-        w_mean = tl.load(GateW).to(tl.float32)
-        w_max = tl.load(GateW + 1).to(tl.float32)
-        logit = w_mean * (total / R) + w_max * largest + tl.load(GateB).to(tl.float32)
-        tl.store(Gate + b * sg_b + pos, tl.sigmoid(logit).to(Gate.dtype.element_ty), mask=p_ok)
-
-    return difference_signals_fwd
 
 
 def triton_difference_signals(
@@ -199,7 +127,9 @@ def triton_difference_signals(
     block_k = max(16, next_power_of_2(k))
     block_p = max(1, min(64, 4096 // block_k))
     grid = (-(-(h * w) // block_p), b)
-    _triton_kernel()[grid](
+    from .triton_kernels import difference_signals_fwd
+
+    difference_signals_fwd[grid](
         target, refs, gate_weight.reshape(2), gate_bias.reshape(1), tie_break(r, h * w, target.device), scores, gate,
         k, h * w,
         *target.stride(), *refs.stride(), scores.stride(0), gate.stride(0),
@@ -207,3 +137,6 @@ def triton_difference_signals(
         R=int(r), BLOCK_P=block_p, BLOCK_K=block_k, **launch_options(4),
     )
     return scores, gate
+
+
+register_fused_op(OP_NAME, reference_difference_signals, triton_difference_signals, _fake)

@@ -13,7 +13,8 @@ fused_window_attention=True, warmup=3, capture=None)``:
 * **temporal**: ``TemporalStepProgram`` likewise, with static inputs for the target's ``features``,
   ``coarse``, ``probs`` and ``logits`` and for the references' ``kv``, ``coarse`` and ``probs``
   stacked on dim 1 (``TEMPORAL_INPUTS``). The references the cache chose are copied straight into
-  their slots of those buffers (no stacking), the graph is replayed and the logits are cloned.
+  their slots of those buffers (one stacking kernel per tensor), the graph is replayed and the logits
+  are cloned.
 * **capture** (``CudaGraphCapture``, PyTorch's recipe): ``warmup`` runs on a side stream first, so
   that everything built lazily on a first call (constants of the input size, cuBLAS / cuDNN
   workspaces, Triton kernels) exists before the capture, then ``torch.cuda.graph``. The graphs of
@@ -100,9 +101,13 @@ def source_shape(source: Source) -> tuple[int, ...]:
 
 
 def fill(buffer: torch.Tensor, source: Source) -> None:
-    """Copies ``source`` into ``buffer`` (casting dtype and device); references go to their dim-1 slots."""
+    """Copies ``source`` into ``buffer`` (casting dtype and device); references go to their dim-1 slots, in one
+    kernel when they already have the buffer's dtype and device."""
     if isinstance(source, torch.Tensor):
         buffer.copy_(source)
+        return
+    if all(t.dtype == buffer.dtype and t.device == buffer.device for t in source):
+        torch.stack(list(source), dim=1, out=buffer)
         return
     for index, tensor in enumerate(source):
         buffer[:, index].copy_(tensor)
