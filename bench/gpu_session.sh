@@ -12,8 +12,8 @@
 # with its own time limit in seconds (450 in all: 7.5 minutes):
 #   environment          15  GPU, Python, torch, CUDA and the optional packages (versions or "missing")
 #   tests               120  the CUDA tests (pytest -m gpu: training fp32/bf16 with checkpoints, streaming
-#                            per back end against CPU eager, evaluator, export, the Triton window op) and
-#                            the window kernel in Triton's interpreter
+#                            per back end against CPU eager, evaluator, export, the Triton kernels of the
+#                            window op and the fused temporal-step ops) and those kernels in Triton's interpreter
 #   window_attention     25  bench/window_attention_gpu.py: reference, Triton kernel, tiled, dense SDPA
 #   streaming_eager      45  bench/streaming.py on CUDA, fp16, SegFormer and SD-CPC, B0 and B1, eager
 #   streaming_cudagraph  45  the same with the cudagraph back end
@@ -62,9 +62,10 @@ cuda_tests() {  # the gpu-marked tests (in 4 processes when pytest-xdist is ther
     local parallel=()
     "$py" -c "import xdist" 2> /dev/null && parallel=(-n 4)
     "$py" -m pytest -q -rfEs -p no:cacheprovider -m gpu "${parallel[@]}" test/test_cuda.py \
-        test/test_window_attention_op.py
+        test/test_window_attention_op.py test/test_fused_temporal_ops.py
     local status=$?
-    "$py" -m pytest -q -rfEs -p no:cacheprovider test/test_window_attention_op.py -k interpreter -s
+    "$py" -m pytest -q -rfEs -p no:cacheprovider test/test_window_attention_op.py test/test_fused_temporal_ops.py \
+        -k interpreter -s
     return $(( status || $? ))
 }
 

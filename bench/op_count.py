@@ -20,7 +20,9 @@ reference it replaces is counted with ``--unfused-window``).
 Both paths run the frame on the CPU under ``torch.inference_mode``, as the eager back end does.
 ``--path gpu`` (default) counts the formulations a CUDA tensor takes: the dispatch rule
 ``sdcpc_core.ops.dispatch.eager_cpu_inference`` is answered "no" for the run, as it is for every
-non-CPU tensor, so each operator with several formulations takes its general one. ``--path cpu``
+non-CPU tensor, so each operator with several formulations takes its general one, and the fused custom
+ops (``sdcpc_core.ops.fused``) are called, each one operator (one kernel on a GPU; on the CPU they run
+their plain ops, which are not counted). ``--path cpu``
 counts the eager CPU formulations (in-place rewrites).
 
 Operators are attributed to the model's top-level part that dispatched them (``backbone``,

@@ -59,9 +59,10 @@ class NodeConfig:
                                "reduce-overhead (CUDA graphs), max-autotune or max-autotune-no-cudagraphs.",
                                choices=("", *COMPILE_MODES),
                                accepted="empty (inductor's default) or one of " + ", ".join(COMPILE_MODES))
-    fused_window_attention: bool = _param(True, "Run DSSA's window attention as the fused Triton kernel on CUDA "
-                                          "(eager, compile and cudagraph backends); false: plain PyTorch operators. "
-                                          "SDCPC_FUSED_WINDOW=0 in the environment turns it off too.")
+    fused_window_attention: bool = _param(True, "Run DSSA's window attention and the temporal step's other fused "
+                                          "ops as Triton kernels on CUDA (eager, compile and cudagraph backends); "
+                                          "false: plain PyTorch operators. SDCPC_FUSED_WINDOW=0 in the environment "
+                                          "turns them off too.")
     input_height: int = _param(0, "Network input height in pixels; 0 (with input_width 0): the checkpoint's "
                                "recommended size (the shipped sdcpc_b0_synthetic: 256x480; a checkpoint without one: "
                                f"{DEFAULT_INPUT_SIZE[0]}x{DEFAULT_INPUT_SIZE[1]}).", low=0, high=MAX_INPUT_SIDE,

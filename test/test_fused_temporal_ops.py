@@ -233,6 +233,7 @@ def test_triton_kernels_match_the_plain_ops_in_interpreter():
 
 
 # ---------------------------------------------------------------------------- CUDA
+@pytest.mark.gpu
 @pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs a CUDA device and triton")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_cuda_kernel_matches_the_plain_ops(dtype):
@@ -245,6 +246,7 @@ def test_cuda_kernel_matches_the_plain_ops(dtype):
     torch.testing.assert_close(got[1].float(), want[1], atol=2e-3 if dtype == torch.float16 else 1e-6, rtol=0)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs a CUDA device and triton")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_cuda_gated_upsample_kernel_matches_the_plain_ops(dtype):
@@ -255,6 +257,7 @@ def test_cuda_gated_upsample_kernel_matches_the_plain_ops(dtype):
     torch.testing.assert_close(got.float(), want, atol=1e-2 if dtype == torch.float16 else 1e-5, rtol=0)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs a CUDA device and triton")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_cuda_query_norm_and_pooled_softmax_kernels_match_the_plain_ops(dtype):
@@ -270,6 +273,7 @@ def test_cuda_query_norm_and_pooled_softmax_kernels_match_the_plain_ops(dtype):
                                atol=2e-3 if dtype == torch.float16 else 1e-6, rtol=0)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs a CUDA device and triton")
 def test_cuda_model_with_fused_ops_predicts_as_without():
     torch.manual_seed(0)

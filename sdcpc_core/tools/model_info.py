@@ -83,7 +83,7 @@ def _window_attention_flops(model: SDCPC, counter: dict) -> list:
     fine = model.dssa.fine
 
     def hook(module, args):
-        ref_kv = args[1]
+        ref_kv = args[-1]  # forward(features, context, ref_kv)
         b, r, two_width, h, w = ref_kv.shape
         per_product = b * r * (two_width // 2) * h * w * module.window ** 2
         counter["flops"] += 2 * 2 * per_product  # logits + weighted sum, 2 FLOPs per multiply-add
