@@ -158,6 +158,20 @@ def test_training_takes_the_plain_ops_so_the_gate_learns(monkeypatch):
     assert set(op_calls) == {"pooled_softmax"} and model.dssa.gate.conv.weight.grad is not None
 
 
+def test_autocast_takes_the_plain_ops(monkeypatch):
+    """Training's mixed precision keeps autocast's per-operator dtypes (on CUDA its softmax is float32)."""
+    monkeypatch.setattr(fused_switch, "_routes_to_custom_op", lambda device: True)
+    op_calls = []
+    op = torch.ops.sdcpc.pooled_softmax
+    monkeypatch.setattr(torch.ops.sdcpc, "pooled_softmax", lambda *a: op_calls.append(1) or op(*a))
+    logits = torch.randn(1, 5, 16, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        pooled.pooled_softmax(logits, 8)
+    assert op_calls == []
+    pooled.pooled_softmax(logits, 8)
+    assert op_calls == [1]
+
+
 # ---------------------------------------------------------------------------- Triton (interpreter)
 _INTERPRETER_SCRIPT = textwrap.dedent(
     """

@@ -5,7 +5,7 @@ the CPU and every device without one of its own), a Triton forward for CUDA (use
 importable and the first argument is float16, bfloat16 or float32) and a fake kernel for tracing.
 :func:`call_fused` is the dispatch rule the ops share: the custom op for CUDA inference while the fused
 switch (``sdcpc_core.ops.window_attention.use_fused_window_attention``) allows it, the reference
-elsewhere (CPU, autograd, ``torch.export``). The ops have no backward: autograd always takes the
+elsewhere (CPU, autograd, autocast, ``torch.export``). The ops have no backward: autograd always takes the
 reference, so gradients are plain autograd.
 
 | op (module)                                  | replaces (plain ops per call) |
@@ -48,7 +48,9 @@ def register_fused_op(name: str, reference: Callable[..., Any], triton_forward: 
 
 def call_fused(name: str, reference: Callable[..., Any], *args: Any) -> Any:
     """``torch.ops.sdcpc.<name>(*args)`` where the fused switch sends these tensors to a fused kernel
-    (``fused_kernel_takes``), ``reference(*args)`` otherwise."""
-    if fused_switch.fused_kernel_takes(*(a for a in args if isinstance(a, torch.Tensor))):
+    (``fused_kernel_takes``) and no autocast region is active (training's mixed precision: there the plain
+    ops keep autocast's per-operator dtypes), ``reference(*args)`` otherwise."""
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    if not torch.is_autocast_enabled(tensors[0].device.type) and fused_switch.fused_kernel_takes(*tensors):
         return getattr(torch.ops.sdcpc, name)(*args)
     return reference(*args)
