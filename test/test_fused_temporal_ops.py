@@ -251,13 +251,15 @@ def test_triton_kernels_match_the_plain_ops_in_interpreter():
 @pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs a CUDA device and triton")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_cuda_kernel_matches_the_plain_ops(dtype):
-    p, q, weight, bias = (t.cuda() for t in _inputs(124, 3, 15, 27))
-    got = torch.ops.sdcpc.difference_signals(p.to(dtype), q.to(dtype), weight.to(dtype), bias.to(dtype))
-    want = signals.reference_difference_signals(p, q, weight, bias)
+    p, q, weight, bias = _inputs(124, 3, 15, 27)
+    got = torch.ops.sdcpc.difference_signals(*(t.cuda().to(dtype) for t in (p, q, weight, bias)))
+    want = signals.reference_difference_signals(p, q, weight, bias)  # float32 on the CPU: no TF32 convolution
     assert got[0].dtype == torch.float32 and got[1].dtype == dtype
-    quantum = 1 / 256 if dtype == torch.float16 else 1e-6  # half-precision inputs may cross a quantisation step
-    assert (got[0] - want[0]).abs().max() <= quantum + 1e-6
-    torch.testing.assert_close(got[1].float(), want[1], atol=2e-3 if dtype == torch.float16 else 1e-6, rtol=0)
+    # A difference within rounding of a multiple of 1/256 may land on either side of it: one quantum, rarely.
+    jump = (got[0].cpu() - want[0]).abs()
+    assert jump.max() <= 1 / 256 + 1e-6 and (jump > 1e-6).float().mean() < (0.05 if dtype == torch.float16 else 0.01)
+    torch.testing.assert_close(got[1].cpu().float(), want[1], atol=2e-3 if dtype == torch.float16 else 1e-6,
+                               rtol=0)
 
 
 @pytest.mark.gpu
@@ -295,8 +297,9 @@ def test_cuda_model_with_fused_ops_predicts_as_without():
     with torch.no_grad():
         model.dssa.gamma.fill_(0.5)
     images = [torch.randn(1, 3, 64, 96, device="cuda") for _ in range(4)]
-    with fused_switch.use_fused_window_attention(True):
-        fused = _temporal_logits(model, images)
-    with fused_switch.use_fused_window_attention(False):
-        plain = _temporal_logits(copy.deepcopy(model), images)
+    with torch.backends.cudnn.flags(allow_tf32=False):  # the plain ops' convolutions in full float32
+        with fused_switch.use_fused_window_attention(True):
+            fused = _temporal_logits(model, images)
+        with fused_switch.use_fused_window_attention(False):
+            plain = _temporal_logits(copy.deepcopy(model), images)
     torch.testing.assert_close(fused, plain, atol=1e-4, rtol=1e-4)

@@ -2,7 +2,8 @@
 
 Each op ``sdcpc::<name>`` is registered from its plain-op reference function (which is also its kernel on
 the CPU and every device without one of its own), a Triton forward for CUDA (used where ``triton`` is
-importable and the first argument is float16, bfloat16 or float32) and a fake kernel for tracing.
+importable and the tensor arguments share one dtype, float16, bfloat16 or float32) and a fake kernel for
+tracing.
 :func:`call_fused` is the dispatch rule the ops share: the custom op for CUDA inference while the fused
 switch (``sdcpc_core.ops.window_attention.use_fused_window_attention``) allows it, the reference
 elsewhere (CPU, autograd, autocast, ``torch.export``). The ops have no backward: autograd always takes the
@@ -38,9 +39,12 @@ def register_fused_op(name: str, reference: Callable[..., Any], triton_forward: 
     op = torch.library.custom_op(f"sdcpc::{name}", reference, mutates_args=())
 
     def cuda_kernel(*args):
-        if args[0].dtype in _TRITON_DTYPES and triton_available():
-            return triton_forward(*args)
-        return reference(*args)
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        if tensors[0].dtype in _TRITON_DTYPES and all(t.dtype == tensors[0].dtype for t in tensors) \
+                and triton_available():
+            with torch.cuda.device(tensors[0].device):  # Triton launches on the current device
+                return triton_forward(*args)
+        return reference(*args)  # mixed dtypes: the plain ops' type promotion
 
     op.register_kernel("cuda")(cuda_kernel)
     op.register_fake(fake)

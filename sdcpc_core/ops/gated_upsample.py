@@ -62,7 +62,7 @@ def triton_gated_upsample_add(logits: torch.Tensor, correction: torch.Tensor, ga
     block = 256
     from .triton_kernels import gated_upsample_add_fwd
 
-    gated_upsample_add_fwd[(-(-(h * w) // block), b * k)](
+    gated_upsample_add_fwd[(b * k, -(-(h * w) // block))](
         logits, correction, gate, out,
         k, h, w, ch, cw, gh, gw, gh / ch, gw / cw,  # the gate's scales as F.interpolate computes them for a size
         *logits.stride(), *correction.stride(), gate.stride(0), gate.stride(2), gate.stride(3), *out.stride(),

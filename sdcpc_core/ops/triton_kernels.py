@@ -78,9 +78,9 @@ def gated_upsample_add_fwd(
     sl_b, sl_k, sl_y, sl_x, sc_b, sc_k, sc_y, sc_x, sg_b, sg_y, sg_x, so_b, so_k, so_y, so_x,
     BLOCK: tl.constexpr,
 ):
-    # One program per (block of output pixels, batch item x class).
-    pid = tl.program_id(0)
-    bk = tl.program_id(1)
+    # One program per (batch item x class, block of output pixels): the larger count on the grid's first axis.
+    bk = tl.program_id(0)
+    pid = tl.program_id(1)
     b = bk // K
     k = bk % K
     idx = pid * BLOCK + tl.arange(0, BLOCK)
