@@ -55,6 +55,6 @@ def call_fused(name: str, reference: Callable[..., Any], *args: Any) -> Any:
     (``fused_kernel_takes``) and no autocast region is active (training's mixed precision: there the plain
     ops keep autocast's per-operator dtypes), ``reference(*args)`` otherwise."""
     tensors = [a for a in args if isinstance(a, torch.Tensor)]
-    if not torch.is_autocast_enabled(tensors[0].device.type) and fused_switch.fused_kernel_takes(*tensors):
+    if fused_switch.fused_kernel_takes(*tensors) and not torch.is_autocast_enabled(tensors[0].device.type):
         return getattr(torch.ops.sdcpc, name)(*args)
     return reference(*args)
