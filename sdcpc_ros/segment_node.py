@@ -38,6 +38,7 @@ from contextlib import contextmanager
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.node import Node
@@ -77,6 +78,7 @@ CLASSES_TOPIC = "semantic_mask/classes"
 DIAGNOSTICS_TOPIC = "/diagnostics"
 CLASSES_PARAMETER = "classes"
 DIAGNOSTICS_PERIOD_S = 1.0
+OUTPUT_ACK_TIMEOUT_S = 0.5  # per output publisher at a stop: reliable subscribers acknowledge the last masks
 
 
 class StartupError(ValueError):
@@ -256,10 +258,14 @@ class SegmentRuntime:
         self._diagnostics_publisher.publish(array)
 
     def destroy(self) -> None:
-        """Deactivates, then releases the publishers, the timer and the model."""
+        """Deactivates, gives subscribers a moment to acknowledge the last masks (a stop right after a
+        frame must not drop it), then releases the publishers, the timer and the model."""
         self.deactivate()
         node = self.node
         node.destroy_timer(self._timer)
+        for publisher in vars(self.outputs).values():
+            if publisher is not None:
+                publisher.wait_for_all_acked(Duration(seconds=OUTPUT_ACK_TIMEOUT_S))
         for publisher in (*vars(self.outputs).values(), self._classes_publisher, self._diagnostics_publisher):
             if publisher is not None:
                 node.destroy_publisher(publisher)
