@@ -55,6 +55,13 @@ def source_index(dst, scale, size):
 
 
 @triton.jit
+def pixel_block(block_index, BLOCK: tl.constexpr, H, W):
+    # The block's flat pixel indices of an H x W map, which of them are inside it, and their rows and columns.
+    index = block_index * BLOCK + tl.arange(0, BLOCK)
+    return index < H * W, index // W, index % W
+
+
+@triton.jit
 def gate_at(gate_base, y, x, gh, gw, gate_scale_y, gate_scale_x, sg_y, sg_x, mask):
     y0, y1, ly = source_index(y, gate_scale_y, gh)
     x0, x1, lx = source_index(x, gate_scale_x, gw)
@@ -83,10 +90,7 @@ def gated_upsample_add_fwd(
     pid = tl.program_id(1)
     b = bk // K
     k = bk % K
-    idx = pid * BLOCK + tl.arange(0, BLOCK)
-    ok = idx < H * W
-    y = idx // W
-    x = idx % W
+    ok, y, x = pixel_block(pid, BLOCK, H, W)
     y0, y1, ly = source_index(y, 0.5, CH)
     x0, x1, lx = source_index(x, 0.5, CW)
     corr = Corr + b * sc_b + k * sc_k
@@ -110,10 +114,7 @@ def upsample_add_layer_norm_fwd(
     # One program per (block of positions, batch item); the channels of a position are one row of the tile.
     pid = tl.program_id(0)
     b = tl.program_id(1)
-    pos = pid * BLOCK_P + tl.arange(0, BLOCK_P)
-    p_ok = pos < H * W
-    y = pos // W
-    x = pos % W
+    p_ok, y, x = pixel_block(pid, BLOCK_P, H, W)
     e = tl.arange(0, BLOCK_E)
     e_ok = e < E
     mask = p_ok[:, None] & e_ok[None, :]
