@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops.dispatch import eager_cpu_inference
+from ..ops.dispatch import builds_autograd_graph, eager_cpu_inference, traced
 
 
 class DropPath(nn.Module):
@@ -90,9 +90,9 @@ def grid_pool_tokens(x: torch.Tensor, grids: tuple[int, ...]) -> torch.Tensor:
     every operator that builds a pooling matrix is a kernel launch, which costs more there than the
     extra arithmetic of the one dense product.
     """
-    traced = torch.compiler.is_compiling() or torch.compiler.is_exporting()
-    if traced or eager_cpu_inference(x):
-        matrix = adaptive_pool_matrix if traced else _cached_pool_matrix
+    in_graph = traced()
+    if in_graph or eager_cpu_inference(x):
+        matrix = adaptive_pool_matrix if in_graph else _cached_pool_matrix
         return torch.cat([map_to_tokens(p) for p in adaptive_avg_pool(x, grids, matrix)], dim=1)
     h, w = x.shape[-2:]
     return torch.matmul(_dense_pool_matrix(h, w, tuple(grids), x.device, x.dtype), x.flatten(2).transpose(1, 2))
@@ -150,9 +150,7 @@ def inference_constant(owner: nn.Module, name: str, compute: Callable[[], Any], 
     its successor while the entry lives. On a GPU at batch 1 each derived weight is one more kernel per
     frame for a value that only changes when the weights do.
     """
-    if (torch.compiler.is_compiling() or torch.compiler.is_exporting()
-            or (torch.is_grad_enabled() and any(s.requires_grad for s in sources))
-            or any(s.is_inference() for s in sources)):
+    if traced() or builds_autograd_graph(*sources) or any(s.is_inference() for s in sources):
         return compute()
     state = tuple((s.data_ptr(), s._version) for s in sources)
     cache = owner.__dict__.setdefault("_inference_constants", {})

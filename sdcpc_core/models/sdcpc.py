@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops import upsample_bilinear_add_
-from ..ops.dispatch import eager_cpu_inference
+from ..ops.dispatch import builds_autograd_graph, eager_cpu_inference
 from ..ops.gated_upsample import gated_upsample_add
 from ..ops.pooled_softmax import pooled_softmax
 from .decode_head import SegFormerHead
@@ -206,8 +206,7 @@ class SDCPC(nn.Module):
         (a): the 1x1 classifier and the upsampling commute, and on a CPU upsampling K class maps is far
         cheaper than E features; (b): two kernels fewer per frame.
         """
-        autograd = torch.is_grad_enabled() and fused.requires_grad
-        if self.training or autograd or eager_cpu_inference(fused):
+        if self.training or builds_autograd_graph(fused) or eager_cpu_inference(fused):
             logits = self.decode_head.classify(fused)
             correction = self.decode_head.classify_residual(aligned)
             return logits.add_(F.interpolate(correction, size=logits.shape[-2:], mode="bilinear",

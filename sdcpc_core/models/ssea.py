@@ -20,6 +20,7 @@ from typing import cast
 import torch
 from torch import nn
 
+from ..ops.dispatch import builds_autograd_graph, traced
 from .layers import LayerNorm2d, grid_pool_tokens, inference_constant, map_to_tokens, mean_pool2x2, multihead_attention
 
 
@@ -58,8 +59,7 @@ class StaticSemanticAlignment(nn.Module):
         """
         embed = inference_constant(self, "embed", self._expanded_embed, self.token_embed)
         linears = [cast(nn.Linear, project) for project in projections]
-        traced = torch.compiler.is_compiling() or torch.compiler.is_exporting()
-        if traced or (torch.is_grad_enabled() and any(t.requires_grad for t in (*pooled, embed))):
+        if traced() or builds_autograd_graph(*pooled, embed):
             return torch.cat([linear(tokens) for linear, tokens in zip(linears, pooled)], dim=1) + embed
         b, e = pooled[0].shape[0], embed.shape[1]
         out = embed.new_empty((b, len(embed), e))

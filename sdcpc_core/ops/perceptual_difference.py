@@ -27,6 +27,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .dispatch import traced
 from .fused import call_fused, register_fused_op
 from .window_attention.triton import launch_options, next_power_of_2
 
@@ -69,7 +70,7 @@ def selection_scores(difference: torch.Tensor) -> torch.Tensor:
 def tie_break(r: int, hw: int, device: torch.device) -> torch.Tensor:
     """``(R*hw,)`` float32 tie-breakers of ``selection_scores``, in ``[0, 1/256)``: newer references, then
     earlier positions. A constant of the input size, built once (traced code builds it in the graph)."""
-    if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+    if traced():
         return _tie_break(r, hw, device)
     return _cached_tie_break(r, hw, device)
 

@@ -13,7 +13,7 @@ around the same location in each of ``R`` reference frames, with a single softma
 | otherwise: autograd, CUDA with the switch off, ``torch.compile`` CPU | ``reference``: offset loop, plain tensor ops |
 
 The fused switch is process-wide and governs every fused CUDA kernel of the temporal step (this one and
-``sdcpc_core.ops.perceptual_difference``'s, through ``fused_kernel_takes``). It has three settings
+the ops of ``sdcpc_core.ops.fused``, through ``fused_kernel_takes``). It has three settings
 (``use_fused_window_attention``, which also works as a context manager restoring the previous setting):
 
 * automatic (``None``, the default): CUDA inference (eager, ``torch.compile``, CUDA graphs) takes the
@@ -40,7 +40,7 @@ import os
 
 import torch
 
-from ..dispatch import eager_cpu_inference
+from ..dispatch import builds_autograd_graph, eager_cpu_inference
 from .cpu_inplace import _accumulate_inplace
 from .reference import _attend_plain, _check_inputs
 from .tiled import EXPORT_TILE, _attend_by_tiles
@@ -113,7 +113,7 @@ def _routes_to_custom_op(device: torch.device) -> bool:
 
 def fused_kernel_takes(*tensors: torch.Tensor) -> bool:
     """Whether an eager or compiled call with these inputs goes to a fused custom op that has no export
-    role (``sdcpc_core.ops.perceptual_difference``): the first row of the table, a CUDA device with the
+    role (``sdcpc_core.ops.fused``): the first row of the table, a CUDA device with the
     switch automatic or on, no autograd and no ``torch.export``."""
     return (not torch.compiler.is_exporting() and _routes_to_custom_op(tensors[0].device)
             and _takes_fused(*tensors))
@@ -128,7 +128,7 @@ def _takes_fused(*tensors: torch.Tensor) -> bool:
         return setting is True
     if setting is None and not _FUSED_AUTOMATIC:
         return False
-    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+    return not builds_autograd_graph(*tensors)
 
 
 # ------------------------------------------------------------------------------ the switch
