@@ -123,8 +123,6 @@ class LossSection:
     temporal_weight: float = 1.0  # cross-entropy of the target's temporal logits
     mcp_weight: float = 0.1  # MCP-CL contrastive loss (temporal models only)
     mcp_temperature: float = 0.1  # MCP-CL temperature
-    consistency_weight: float = 0.0  # KL from the clip's mean static probabilities to the temporal prediction
-    # on pixels whose label is the same in every frame of the clip (temporal models only; 0: the paper's loss)
 
 
 @dataclass(frozen=True)
@@ -330,7 +328,6 @@ def _validate(config: TrainConfig) -> None:
         ("loss.temporal_weight", lo.temporal_weight >= 0, "a number >= 0"),
         ("loss.mcp_weight", lo.mcp_weight >= 0, "a number >= 0"),
         ("loss.mcp_temperature", lo.mcp_temperature > 0, "a number > 0"),
-        ("loss.consistency_weight", lo.consistency_weight >= 0, "a number >= 0"),
         ("val.every", v.every >= 0, "an integer >= 0 (0: only at the end)"),
         ("val.split", bool(v.split) or not (v.every or v.at_end), "a split name (e.g. val)"),
         ("val.max_videos", v.max_videos >= 0, "an integer >= 0 (0: all)"),
@@ -350,9 +347,9 @@ def _validate(config: TrainConfig) -> None:
         if not ok:
             section, key = name.split(".")
             raise ConfigError(f"config field {name} must be {accepted}, got {getattr(getattr(config, section), key)!r}")
-    if lo.static_weight + lo.temporal_weight + lo.mcp_weight + lo.consistency_weight == 0:
-        raise ConfigError("config fields loss.static_weight, loss.temporal_weight, loss.mcp_weight and "
-                          "loss.consistency_weight are all 0; at least one must be > 0")
+    if lo.static_weight + lo.temporal_weight + lo.mcp_weight == 0:
+        raise ConfigError("config fields loss.static_weight, loss.temporal_weight and loss.mcp_weight are all 0; "
+                          "at least one must be > 0")
     if r.precision == "fp16" and r.device == "cpu":
         raise ConfigError("config field runtime.precision fp16 needs runtime.device cuda (or auto); use fp32 or bf16 "
                           "on the CPU")

@@ -4,7 +4,7 @@ Every line of ``log.jsonl`` is one JSON object with ``kind``:
 
 * ``train``: ``iter``, ``lr`` (base rate of the last step: ``optim.lr`` after the schedule; each parameter
   group runs at it times its factor, the backbone's is 1 unless ``optim.part_lr_mult`` says otherwise),
-  ``loss`` and its terms (``static_ce``, ``temporal_ce``, ``mcp``, ``consistency``), ``clips_per_s`` and ``data_fraction``
+  ``loss`` and its terms (``static_ce``, ``temporal_ce``, ``mcp``), ``clips_per_s`` and ``data_fraction``
   (share of the time spent waiting for data), all over the steps since the previous record (their own
   time: waiting for data plus computing, not checkpoints or validation), and ``unreadable_images``
   (skipped so far);
@@ -25,7 +25,7 @@ from .checkpointing import atomic_write, atomic_write_text
 
 LOG_FILE = "log.jsonl"
 PLOT_FILE = "training.png"
-LOSS_KEYS = ("loss", "static_ce", "temporal_ce", "mcp", "consistency")
+LOSS_KEYS = ("loss", "static_ce", "temporal_ce", "mcp")
 METRIC_KEYS = ("mIoU", "mVC8", "mVC16", "mVC8_correct")
 
 

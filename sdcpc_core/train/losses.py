@@ -1,10 +1,8 @@
-"""Losses of SD-CPC: static and temporal cross-entropy, the MCP-CL contrastive term and the optional
-consistency term.
+"""Losses of SD-CPC: static and temporal cross-entropy and the MCP-CL contrastive term.
 
 The training objective of one clip (spec section 2) is
 ``static_weight x CE(static logits of every labelled frame) + temporal_weight x CE(temporal logits of
-the target) + mcp_weight x MCP-CL(target embeddings) + consistency_weight x consistency`` (the last
-one is this project's addition, off by default: :func:`consistency_loss`). :func:`clip_loss_sums` returns each term as
+the target) + mcp_weight x MCP-CL(target embeddings)``. :func:`clip_loss_sums` returns each term as
 a *sum* over its pixels and :func:`clip_loss_counts` the number of those pixels, so that a trainer
 can divide by the count over the whole global batch (all processes, all accumulated micro-batches):
 the mean is then the same however the batch is split.
@@ -15,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 IGNORE_INDEX = 255
-TERMS = ("static_ce", "temporal_ce", "mcp", "consistency")
+TERMS = ("static_ce", "temporal_ce", "mcp")
 
 
 def mcp_contrastive_loss(
@@ -67,32 +65,6 @@ def labels_at(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
 
 
-def stable_pixels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Pixels at ``size`` whose label is the same, and labelled, in every frame of the clip: labels
-    ``(B, T, H, W)`` -> bool ``(B, h, w)``. These are the pixels mVC asks to stay the same."""
-    small = labels_at(labels.flatten(0, 1), size).view(labels.shape[0], labels.shape[1], *size)
-    target = small[:, -1]
-    return (target != IGNORE_INDEX) & (small == target[:, None]).all(dim=1)
-
-
-def consistency_loss(static_logits: torch.Tensor, temporal_logits: torch.Tensor, labels: torch.Tensor,
-                     reduction: str = "mean") -> torch.Tensor:
-    """KL divergence from the clip's mean static class probabilities (a fixed target: no gradient) to the
-    target's temporal prediction, on the :func:`stable_pixels` (at the logits' resolution).
-
-    static_logits ``(B, T, K, h, w)``; temporal_logits ``(B, K, h, w)``; labels ``(B, T, H, W)``. On pixels
-    whose class does not change over the clip, the temporal prediction is drawn towards the average of the
-    clip's per-frame predictions, which changes slowly from frame to frame; where the label changes, only
-    cross-entropy applies, so a moving boundary is not smeared the way a free average over frames smears
-    it. Mean (or sum) over those pixels; 0 (with a graph) when none is left.
-    """
-    keep = stable_pixels(labels, tuple(temporal_logits.shape[-2:]))
-    target = static_logits.detach().float().softmax(dim=2).mean(dim=1)
-    per_pixel = (torch.xlogy(target, target) - target * temporal_logits.float().log_softmax(dim=1)).sum(dim=1)
-    total = (per_pixel * keep).sum()
-    return total if reduction == "sum" else total / keep.sum().clamp(min=1)
-
-
 def clip_loss_sums(static_logits: torch.Tensor, temporal_logits: torch.Tensor, embeddings: torch.Tensor | None,
                    labels: torch.Tensor, prototypes: torch.Tensor | None, valid: torch.Tensor | None,
                    temperature: float) -> dict[str, torch.Tensor]:
@@ -107,26 +79,22 @@ def clip_loss_sums(static_logits: torch.Tensor, temporal_logits: torch.Tensor, e
         "temporal_ce": segmentation_loss(temporal_logits, labels[:, -1], reduction="sum"),
     }
     if embeddings is None:
-        sums["mcp"] = sums["consistency"] = temporal_logits.sum() * 0.0
+        sums["mcp"] = temporal_logits.sum() * 0.0
     else:
-        sums["consistency"] = consistency_loss(static_logits, temporal_logits, labels, reduction="sum")
         small = labels_at(labels[:, -1], tuple(embeddings.shape[-2:]))
         flat = embeddings.float().permute(0, 2, 3, 1).reshape(-1, embeddings.shape[1])
         sums["mcp"] = mcp_contrastive_loss(flat, small.reshape(-1), prototypes, valid, temperature, reduction="sum")
     return sums
 
 
-def clip_loss_counts(labels: torch.Tensor, valid: torch.Tensor | None, embed_size: tuple[int, int] | None,
-                     logit_size: tuple[int, int] | None = None) -> torch.Tensor:
-    """Pixels each term of :func:`clip_loss_sums` averages over, float64 ``(4,)`` in ``TERMS`` order; the
-    MCP-CL and consistency counts are 0 for per-frame models (``valid``, ``embed_size``, ``logit_size`` None)."""
+def clip_loss_counts(labels: torch.Tensor, valid: torch.Tensor | None, embed_size: tuple[int, int] | None
+                     ) -> torch.Tensor:
+    """Pixels each term of :func:`clip_loss_sums` averages over, float64 ``(3,)`` in ``TERMS`` order."""
     labelled = labels != IGNORE_INDEX
-    mcp = stable = 0
+    mcp = 0
     if valid is not None and embed_size is not None:
         mcp = int(mcp_pixel_mask(labels_at(labels[:, -1], embed_size), valid).sum())
-    if logit_size is not None:
-        stable = int(stable_pixels(labels, logit_size).sum())
-    return torch.tensor([int(labelled.sum()), int(labelled[:, -1].sum()), mcp, stable], dtype=torch.float64)
+    return torch.tensor([int(labelled.sum()), int(labelled[:, -1].sum()), mcp], dtype=torch.float64)
 
 
 @torch.no_grad()
@@ -142,5 +110,5 @@ def correct_pixels(temporal_logits: torch.Tensor, embeddings: torch.Tensor, labe
     return flat[hit], small[hit]
 
 
-__all__ = ["IGNORE_INDEX", "TERMS", "clip_loss_counts", "clip_loss_sums", "consistency_loss", "correct_pixels",
-           "labels_at", "mcp_contrastive_loss", "mcp_pixel_mask", "segmentation_loss", "stable_pixels"]
+__all__ = ["IGNORE_INDEX", "TERMS", "clip_loss_counts", "clip_loss_sums", "correct_pixels", "labels_at",
+           "mcp_contrastive_loss", "mcp_pixel_mask", "segmentation_loss"]

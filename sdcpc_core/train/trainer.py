@@ -7,10 +7,9 @@ One optimiser step (``Trainer.fit`` runs them; ``backward`` and ``optimizer_step
 2. ``optim.accumulation`` micro-batches of ``data.batch_size / (processes x accumulation)`` clips
    each (see ``sdcpc_core.train.data``); the forward is ``SDCPC.forward_clip`` under autocast;
 3. loss = ``static_weight`` x CE(static logits, every labelled frame) + ``temporal_weight`` x
-   CE(temporal logits, target) + ``mcp_weight`` x MCP-CL + ``consistency_weight`` x consistency
-   (``losses.consistency_loss``). Each term is a sum over pixels divided by
+   CE(temporal logits, target) + ``mcp_weight`` x MCP-CL. Each term is a sum over pixels divided by
    the pixel count of the *global* batch (all processes, all micro-batches, one ``all_reduce`` of
-   the counts), so the gradient is the same however the batch is split: N processes equal one
+   three counts), so the gradient is the same however the batch is split: N processes equal one
    process accumulating N micro-batches, up to float summation order;
 4. the loss values are reduced over processes and checked: NaN or inf stops the run
    (:class:`TrainingDiverged`) before the optimiser step, so nothing of that step is saved;
@@ -73,8 +72,7 @@ VAL_OVERLAYS = 4  # ground truth | prediction images in each validation report
 # Validation runs on process 0 while the others wait in a barrier: the collective timeout must cover it.
 PROCESS_GROUP_TIMEOUT = datetime.timedelta(hours=3)
 STATE_VERSION = 1
-TERM_NAMES = {"static_ce": "static cross-entropy", "temporal_ce": "temporal cross-entropy", "mcp": "MCP-CL",
-              "consistency": "consistency"}
+TERM_NAMES = {"static_ce": "static cross-entropy", "temporal_ce": "temporal cross-entropy", "mcp": "MCP-CL"}
 
 
 class SetupError(ValueError):
@@ -343,13 +341,11 @@ class Trainer:
         temporal = model.is_temporal
         valid = model.prototypes.initialized.clone() if temporal else None
         embed_size = tuple(ceil_div(s, 8) for s in cfg.data.crop_size) if temporal else None
-        logit_size = tuple(ceil_div(s, 4) for s in cfg.data.crop_size) if temporal else None
-        counts = sum(clip_loss_counts(b["labels"], valid, embed_size, logit_size) for b in group)
+        counts = sum(clip_loss_counts(b["labels"], valid, embed_size) for b in group)
         counts = self._all_reduce(counts.to(self.device))
         scale = (self.env.world_size / counts.clamp(min=1)).float()
         weights = torch.tensor([cfg.loss.static_weight, cfg.loss.temporal_weight,
-                                cfg.loss.mcp_weight if temporal else 0.0,
-                                cfg.loss.consistency_weight if temporal else 0.0], device=self.device)
+                                cfg.loss.mcp_weight if temporal else 0.0], device=self.device)
         totals = torch.zeros(len(TERMS), device=self.device)
         self._pending_pixels = []
         for i, batch in enumerate(group):
