@@ -20,8 +20,10 @@ share of ground-truth-stable pixels that are predicted correctly in every frame 
 ``--switch-off dssa`` (or ``ssea``) evaluates the same checkpoints with that branch's residual zeroed.
 ``--by-corruption`` (a set written by ``sdcpc-synth``, whose ``synthetic.yaml`` fixes every corruption event)
 adds a second table: mIoU on the frames that carry a corruption event (``corrupted``), on clean frames whose
-references t-9, t-6, t-3 include one (``after``) and on frames with a clean window (``clean``), and the pixel
-accuracy on the frames of each kind of event; a frame with two kinds counts for both.
+references t-9, t-6, t-3 include one (``after``) and on frames with a clean window (``clean``), the pixel
+accuracy on the frames of each kind of event (a frame with two kinds counts for both), and for models with DSSA
+the mean of its difference gate in each frame group (``gate_*``, percent: how much of the temporal residual it
+lets through).
 Prints a Markdown table and a summary line; ``--json`` keeps every number per checkpoint.
 ``--cache DIR`` keeps each checkpoint's scores (keyed by checkpoint, data, split, smoothing variants,
 input size, mVC mode, switched-off branches and the breakdown) and reuses them, so seeds can be added as they finish.
@@ -59,7 +61,8 @@ from sdcpc_core.weights import load_model
 METRICS = ("mIoU", "mVC8", "mVC16", "mVC8_correct", "mVC16_correct", "accuracy")
 FRAME_GROUPS = ("clean", "after", "corrupted")
 KINDS = tuple(kind for kind in CORRUPTIONS if kind != "drop")  # a dropped frame is never scored
-CORRUPTION_METRICS = tuple(f"mIoU_{group}" for group in FRAME_GROUPS) + tuple(f"accuracy_{kind}" for kind in KINDS)
+CORRUPTION_METRICS = (tuple(f"mIoU_{group}" for group in FRAME_GROUPS) + tuple(f"accuracy_{kind}" for kind in KINDS)
+                      + tuple(f"gate_{group}" for group in FRAME_GROUPS))
 _TINY = torch.finfo(torch.float32).tiny
 
 
@@ -107,14 +110,16 @@ def frame_groups(kinds: tuple[str, ...], reference_kinds: list[tuple[str, ...]])
     return ["after" if any(reference_kinds) else "clean"]
 
 
-def breakdown_scores(confusions: dict[str, ConfusionMatrix]) -> dict[str, float]:
-    """``CORRUPTION_METRICS`` (percent; NaN for a group without frames) from one confusion matrix per group."""
+def breakdown_scores(confusions: dict[str, ConfusionMatrix], gates: dict[str, list[float]]) -> dict[str, float]:
+    """``CORRUPTION_METRICS`` (percent; NaN for a group without frames) from one confusion matrix per group and
+    the per-frame mean gates of each group."""
     def score(group: str, measure: str) -> float:
         matrix = confusions.get(group)
         return math.nan if matrix is None else 100 * getattr(matrix, measure)()
 
     return {**{f"mIoU_{g}": score(g, "miou") for g in FRAME_GROUPS},
-            **{f"accuracy_{k}": score(k, "pixel_accuracy") for k in KINDS}}
+            **{f"accuracy_{k}": score(k, "pixel_accuracy") for k in KINDS},
+            **{f"gate_{g}": 100 * statistics.fmean(gates[g]) if gates.get(g) else math.nan for g in FRAME_GROUPS}}
 
 
 def evaluate_checkpoint(path: str, dataset: VSPWDataset, classes: ClassList, specs: list[str], short_side: int,
@@ -127,6 +132,10 @@ def evaluate_checkpoint(path: str, dataset: VSPWDataset, classes: ClassList, spe
         model.switch_off(branch)
     scorers = {spec: Scorer(classes, consistency_mode, set(), None) for spec in specs}
     by_group: dict[str, dict[str, ConfusionMatrix]] = {spec: {} for spec in specs}
+    gates: list[float] = []  # DSSA's mean gate of every frame it ran on
+    gates_by_group: dict[str, list[float]] = {}
+    if corruptions is not None and model.config.temporal:
+        model.dssa.register_forward_hook(lambda _module, _inputs, output: gates.append(output[1].mean().item()))
     transform = ClipEvalTransform(short_side=short_side)
     single = VSPWDataset(dataset.root, dataset.split, offsets=())  # one-frame clips: each frame read once
     videos = dataset.video_names[:max_videos]
@@ -147,17 +156,23 @@ def evaluate_checkpoint(path: str, dataset: VSPWDataset, classes: ClassList, spe
                                                    reference_offsets=tuple(dataset.offsets), upsample_logits=True)
                     fan_out = FanOut(specs, tuple(dataset.offsets))
                     segmenter.smoother = fan_out
+                gates_before = len(gates)
                 result = segmenter.step(image, index * segmenter.cache.period_ns)
                 if index in labelled:
+                    groups: list[str] = []
+                    if corruptions is not None:
+                        groups = frame_groups(kinds_by_position[index],
+                                              [kinds_by_position[index - o] for o in dataset.offsets if index >= o])
+                        if len(gates) > gates_before:  # DSSA ran on this frame
+                            for group in groups:
+                                gates_by_group.setdefault(group, []).append(gates[-1])
                     for spec, probs in zip(specs, fan_out.outputs):
                         labels = result.labels if spec == "none" else segmenter.images.to_labels(
                             probs.clamp_min(_TINY).log(), image.shape[:2])[0]
                         scorers[spec].add(name, index, None, image, clip.label, labels)
-                        if corruptions is not None:
-                            refs = [kinds_by_position[index - o] for o in dataset.offsets if index >= o]
-                            for group in frame_groups(kinds_by_position[index], refs):
-                                by_group[spec].setdefault(group, ConfusionMatrix(len(classes), IGNORE)).update(
-                                    clip.label, labels)
+                        for group in groups:
+                            by_group[spec].setdefault(group, ConfusionMatrix(len(classes), IGNORE)).update(
+                                clip.label, labels)
                 bar.update(1)
             for scorer in scorers.values():
                 scorer.end_video()
@@ -167,7 +182,7 @@ def evaluate_checkpoint(path: str, dataset: VSPWDataset, classes: ClassList, spe
         scores[spec] = {"mIoU": 100 * scorer.confusion.miou(), "accuracy": 100 * scorer.confusion.pixel_accuracy(),
                         **{k: 100 * v for k, v in consistency.items()}}
         if corruptions is not None:
-            scores[spec].update(breakdown_scores(by_group[spec]))
+            scores[spec].update(breakdown_scores(by_group[spec], gates_by_group))
     return scores
 
 

@@ -52,21 +52,35 @@ def test_frame_groups():
 
 
 def test_breakdown_table_end_to_end(corrupted_set, tmp_path, capsys):
+    """Both variants get every breakdown measure; the gate is measured where a DSSA exists and only there."""
     torch.manual_seed(0)
-    weights = tmp_path / "segformer_s0" / "final.safetensors"
-    save_weights(build_model("segformer_b0", len(SYNTHETIC_CLASSES)), weights,
-                 metadata={"classes": SYNTHETIC_CLASSES.to_json()})
+    paths = {}
+    for variant in ("segformer_b0", "sdcpc_b0"):
+        model = build_model(variant, len(SYNTHETIC_CLASSES))
+        if variant == "sdcpc_b0":
+            with torch.no_grad():  # a constant gate, sigmoid(1), whatever the frames
+                model.dssa.gate.conv.weight.zero_()
+                model.dssa.gate.conv.bias.fill_(1.0)
+        paths[variant] = tmp_path / variant / "final.safetensors"
+        save_weights(model, paths[variant], metadata={"classes": SYNTHETIC_CLASSES.to_json()})
     out = tmp_path / "scores.json"
     assert evidence.main(["--data", str(corrupted_set), "--short-side", "64", "--smoothing", "none", "ema:0.5",
-                          "--model", f"segformer={weights}", "--by-corruption", "--json", str(out)]) == 0
+                          *[f"--model={v}={path}" for v, path in paths.items()], "--by-corruption",
+                          "--json", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "By corruption events" in printed and "mIoU_corrupted" in printed
-    scores = json.loads(out.read_text())["results"]["segformer"][str(weights)]
-    for variant in ("none", "ema:0.5"):
-        assert set(evidence.CORRUPTION_METRICS) <= set(scores[variant])
-        assert all(0 <= scores[variant][m] <= 100 for m in evidence.CORRUPTION_METRICS
-                   if not math.isnan(scores[variant][m]))
-        assert not math.isnan(scores[variant]["mIoU_corrupted"]) and not math.isnan(scores[variant]["mIoU_clean"])
+    assert "By corruption events" in printed and "mIoU_corrupted" in printed and "gate_after" in printed
+    results = json.loads(out.read_text())["results"]
+    for variant, path in paths.items():
+        scores = results[variant][str(path)]
+        for smoothing in ("none", "ema:0.5"):
+            assert set(evidence.CORRUPTION_METRICS) <= set(scores[smoothing])
+            assert all(0 <= scores[smoothing][m] <= 100 for m in evidence.CORRUPTION_METRICS
+                       if not math.isnan(scores[smoothing][m]))
+            assert not any(math.isnan(scores[smoothing][f"mIoU_{g}"]) for g in ("corrupted", "clean"))
+    gates = [results["sdcpc_b0"][str(paths["sdcpc_b0"])]["none"][f"gate_{g}"] for g in evidence.FRAME_GROUPS]
+    assert all(math.isnan(results["segformer_b0"][str(paths["segformer_b0"])]["none"][f"gate_{g}"])
+               for g in evidence.FRAME_GROUPS)
+    assert all(g == pytest.approx(100 / (1 + math.exp(-1.0)), abs=1e-3) for g in gates)  # sigmoid(bias)
 
 
 def test_breakdown_needs_a_synthetic_record(corrupted_set, tmp_path, capsys):
