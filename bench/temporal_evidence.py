@@ -210,15 +210,21 @@ def summarise(results: dict[str, dict[str, dict[str, dict[str, float]]]], specs:
         for spec in specs:
             values = {m: [scores[spec][m] for scores in checkpoints.values()] for m in metrics}
             rows.append({"group": group, "smoothing": spec, "seeds": len(checkpoints),
-                         **{m: (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else math.nan)
-                            for m, v in values.items()}})
+                         **{m: mean_and_spread(v) for m, v in values.items()}})
     return rows
+
+
+def mean_and_spread(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation over seeds; NaN where a seed has none (e.g. a gate without DSSA)."""
+    if any(math.isnan(v) for v in values):
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
 
 
 def markdown(rows: list[dict], metrics: tuple[str, ...] = METRICS) -> str:
     lines = ["| model | smoothing | seeds | " + " | ".join(metrics) + " |", "|---|---|---|" + "---|" * len(metrics)]
     for row in rows:
-        cells = [f"{row[m][0]:.1f} ± {row[m][1]:.1f}" for m in metrics]
+        cells = ["n/a" if math.isnan(row[m][0]) else f"{row[m][0]:.1f} ± {row[m][1]:.1f}" for m in metrics]
         lines.append(f"| {row['group']} | {row['smoothing']} | {row['seeds']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

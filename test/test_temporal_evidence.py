@@ -91,3 +91,10 @@ def test_breakdown_needs_a_synthetic_record(corrupted_set, tmp_path, capsys):
     with pytest.raises(SystemExit):
         evidence.main(["--data", str(plain), "--model", "x=*.safetensors", "--by-corruption"])
     assert "--by-corruption needs a set written by sdcpc-synth" in capsys.readouterr().err
+
+
+def test_mean_and_spread():
+    assert evidence.mean_and_spread([1.0, 3.0]) == (2.0, pytest.approx(2 ** 0.5))
+    assert all(math.isnan(x) for x in evidence.mean_and_spread([math.nan, math.nan]))
+    mean, spread = evidence.mean_and_spread([4.0])
+    assert mean == 4.0 and math.isnan(spread)
