@@ -204,6 +204,15 @@ def test_sdcpc_at_initialisation_predicts_what_its_segformer_predicts():
     assert torch.allclose(out.static_logits[:, -1], expected, atol=1e-5)
 
 
+def test_zero_initialised_scales_are_zero():
+    """A fresh model's temporal scales and difference gate are zeros (the gate reads 0.5 everywhere), whatever
+    the seed, so training, not the draw of the initial weights, sets where DSSA takes from the references."""
+    for seed in range(3):
+        torch.manual_seed(seed)
+        model = build_model("sdcpc_b0", 4)
+        assert all(torch.count_nonzero(p) == 0 for p in (*model.zero_initialised_scales(), model.dssa.gate.conv.bias))
+
+
 def test_zero_initialised_scales_still_learn():
     torch.manual_seed(0)
     model = build_model("sdcpc_b0", 4, drop_path_rate=0.0, classifier_dropout=0.0).train()

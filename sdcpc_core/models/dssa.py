@@ -106,6 +106,11 @@ class DifferenceGate(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(2, 1, 1)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Zeros: the gate starts at 0.5 everywhere and learns its rule from the data. A random start would
+        set a different rule per seed that training hardly moves, as the residual it gates starts at zero."""
         nn.init.zeros_(self.conv.weight)
         assert self.conv.bias is not None  # built with a bias
         nn.init.zeros_(self.conv.bias)

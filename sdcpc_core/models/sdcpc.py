@@ -147,6 +147,7 @@ class SDCPC(nn.Module):
             self.projector = ProjectionHead(e, config.proj_dim)
             for module in (self.ssea, self.dssa, self.temporal_classifier, self.projector):
                 module.apply(init_weights)
+            self.dssa.gate.reset_parameters()  # init_weights draws every convolution, this one included
             self.prototypes = ClassPrototypes(k, config.num_prototypes, config.proj_dim, config.prototype_momentum)
 
     @property
