@@ -94,7 +94,7 @@ class CorruptionLookup:
         if not record_path.is_file():
             raise FileNotFoundError(f"--by-corruption needs a set written by sdcpc-synth: {record_path} is missing")
         record = yaml.safe_load(record_path.read_text(encoding="utf-8"))
-        config = SyntheticConfig.from_yaml(record_path)
+        config = SyntheticConfig.from_dict(record["config"])
         self.events = {video_name(seed): schedule(config, seed) for seeds in record["seeds"].values() for seed in seeds}
 
     def kinds(self, video: str, frame_path: str) -> tuple[str, ...]:
@@ -132,10 +132,10 @@ def evaluate_checkpoint(path: str, dataset: VSPWDataset, classes: ClassList, spe
         model.switch_off(branch)
     scorers = {spec: Scorer(classes, consistency_mode, set(), None) for spec in specs}
     by_group: dict[str, dict[str, ConfusionMatrix]] = {spec: {} for spec in specs}
-    gates: list[float] = []  # DSSA's mean gate of every frame it ran on
+    gate: list[float] = []  # DSSA's mean gate on the current frame, when it ran
     gates_by_group: dict[str, list[float]] = {}
     if corruptions is not None and model.config.temporal:
-        model.dssa.register_forward_hook(lambda _module, _inputs, output: gates.append(output[1].mean().item()))
+        model.dssa.register_forward_hook(lambda _module, _inputs, output: gate.append(output[1].mean().item()))
     transform = ClipEvalTransform(short_side=short_side)
     single = VSPWDataset(dataset.root, dataset.split, offsets=())  # one-frame clips: each frame read once
     videos = dataset.video_names[:max_videos]
@@ -156,16 +156,15 @@ def evaluate_checkpoint(path: str, dataset: VSPWDataset, classes: ClassList, spe
                                                    reference_offsets=tuple(dataset.offsets), upsample_logits=True)
                     fan_out = FanOut(specs, tuple(dataset.offsets))
                     segmenter.smoother = fan_out
-                gates_before = len(gates)
+                gate.clear()
                 result = segmenter.step(image, index * segmenter.cache.period_ns)
                 if index in labelled:
                     groups: list[str] = []
                     if corruptions is not None:
                         groups = frame_groups(kinds_by_position[index],
                                               [kinds_by_position[index - o] for o in dataset.offsets if index >= o])
-                        if len(gates) > gates_before:  # DSSA ran on this frame
-                            for group in groups:
-                                gates_by_group.setdefault(group, []).append(gates[-1])
+                        for group in groups if gate else ():
+                            gates_by_group.setdefault(group, []).append(gate[-1])
                     for spec, probs in zip(specs, fan_out.outputs):
                         labels = result.labels if spec == "none" else segmenter.images.to_labels(
                             probs.clamp_min(_TINY).log(), image.shape[:2])[0]
